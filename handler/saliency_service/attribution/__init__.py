@@ -1,0 +1,20 @@
+"""Gradient attribution for image classifiers, in pure PyTorch.
+
+One algorithm per module behind one call signature ``method(model, inputs, targets, objectives)``;
+the gradient plumbing lives in ``gradients`` alone.
+"""
+
+from .gradients import input_gradients
+from .objectives import OBJECTIVES, PREDICTED, BatchObjective, class_score, cross_entropy
+from .vanilla import SaliencyResult, vanilla_saliency
+
+__all__ = [
+    "OBJECTIVES",
+    "PREDICTED",
+    "BatchObjective",
+    "SaliencyResult",
+    "class_score",
+    "cross_entropy",
+    "input_gradients",
+    "vanilla_saliency",
+]

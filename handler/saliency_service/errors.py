@@ -1,0 +1,84 @@
+"""Errors that a client caused, each with a stable machine-readable code and an HTTP status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RequestError(Exception):
+    """A request the service refuses: answered with ``status`` and ``{"error": {code, message}}``.
+
+    ``code`` is stable and meant for programs; ``message`` is meant for people.
+    """
+
+    code: str
+    message: str
+    status: int = 400
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    def to_json(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+def empty_body() -> RequestError:
+    return RequestError("empty_body", "The request has no body: send an image or a JSON object.")
+
+
+def invalid_json(detail: str) -> RequestError:
+    return RequestError("invalid_json", f"The body is not a valid JSON object: {detail}.")
+
+
+def invalid_base64() -> RequestError:
+    return RequestError("invalid_base64", "The 'image' field is not valid base64.")
+
+
+def missing_image() -> RequestError:
+    return RequestError(
+        "missing_image",
+        "No image: send it as the body, as the JSON field "
+        "'image' (base64) or as the multipart field 'image'.",
+    )
+
+
+def unknown_option(name: str, known: list[str]) -> RequestError:
+    return RequestError(
+        "unknown_option", f"Unknown option {name!r}; known options: {', '.join(sorted(known))}."
+    )
+
+
+def invalid_option(name: str, detail: str) -> RequestError:
+    return RequestError("invalid_option", f"Option {name!r} {detail}.")
+
+
+def unknown_label(label: str) -> RequestError:
+    return RequestError(
+        "unknown_label",
+        f"{label!r} is not an ImageNet class name; send an index "
+        "0-999 or one of torchvision's ImageNet category names.",
+    )
+
+
+def ambiguous_label(label: str, indices: list[int]) -> RequestError:
+    return RequestError(
+        "ambiguous_label",
+        f"{label!r} names several ImageNet classes {indices}: send the index instead.",
+    )
+
+
+def invalid_image(detail: str) -> RequestError:
+    return RequestError("invalid_image", f"The data is not an image that can be decoded: {detail}.")
+
+
+def image_too_large(pixels: int, limit: int) -> RequestError:
+    return RequestError(
+        "image_too_large", f"The image has {pixels} pixels; the limit is {limit}.", status=413
+    )
+
+
+def payload_too_large(size: int, limit: int) -> RequestError:
+    return RequestError(
+        "payload_too_large", f"The image data is {size} bytes; the limit is {limit}.", status=413
+    )

@@ -1,0 +1,174 @@
+"""Image decoding and the preprocessing the ImageNet weights expect.
+
+Decoding turns whatever a client sends into an upright 8-bit RGB picture, refusing oversized or
+undecodable data with a ``RequestError`` before any expensive work. Preprocessing is torchvision's
+classic ImageNet recipe: shorter side to 256 (bilinear, antialiased), centre crop 224, scale to
+[0, 1], normalise with the ImageNet mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from . import errors
+
+RESIZE_TO = 256
+CROP_TO = 224
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
+
+# Pillow's own bomb check is a warning below 2x its limit; ours is an explicit error instead.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What a single image may cost; both limits are checked before any pixel is decoded."""
+
+    max_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 40_000_000
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image ready for the model, and what is needed to describe the map afterwards."""
+
+    tensor: torch.Tensor  # (3, 224, 224) float32, normalised
+    crop: Image.Image  # the 224x224 RGB crop the model saw, for overlays
+    crop_box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the oriented original
+    size: tuple[int, int]  # width, height of the oriented original
+
+
+def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Decode image bytes to an upright RGB image (EXIF orientation applied, first frame)."""
+    if len(data) > limits.max_bytes:
+        raise errors.payload_too_large(len(data), limits.max_bytes)
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # only if a caller re-enabled Pillow's limit
+        raise errors.invalid_image(str(exc)) from None
+    except Image.UnidentifiedImageError:
+        raise errors.invalid_image(
+            "not a recognised image format (JPEG, PNG, WebP, GIF, BMP, TIFF, ...)"
+        ) from None
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError) as exc:
+        raise errors.invalid_image(_describe(exc)) from None
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise errors.image_too_large(width * height, limits.max_pixels)
+    if width < 1 or height < 1:
+        raise errors.invalid_image(f"it has no pixels ({width}x{height})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about odd but decodable files
+            image.load()
+            image = _orient(image)
+            return to_rgb(image)
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        TypeError,
+        EOFError,
+        IndexError,
+        KeyError,
+        ZeroDivisionError,
+        MemoryError,
+        Image.DecompressionBombError,
+    ) as exc:
+        raise errors.invalid_image(_describe(exc)) from None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text[:200]
+
+
+def _orient(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except Exception:  # a broken EXIF block must not cost the picture: keep it as stored
+        return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any Pillow mode: high bit depths scaled (not clipped), alpha composited."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(image)), "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """Scale a single-channel array of a wider type onto 0-255 by its nominal range."""
+    values = values.astype(np.float64)
+    finite = values[np.isfinite(values)]
+    peak = float(finite.max()) if finite.size else 0.0
+    if peak <= 1.0 and values.dtype.kind == "f":
+        scale = 255.0  # float images in [0, 1]
+    elif peak <= 255.0:
+        scale = 1.0
+    else:
+        scale = 255.0 / 65535.0  # 16-bit data
+    return np.clip(np.nan_to_num(values * scale), 0, 255).round().astype(np.uint8)
+
+
+# Beyond this many resized pixels (a 1x30000 strip would become 256x7680000) only the crop's
+# source region is resampled; below it the exact resize-then-crop of torchvision is used.
+MAX_RESIZED_PIXELS = 4_000_000
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """torchvision's Resize(256) + CenterCrop(224) for one image size."""
+
+    resized: tuple[int, int]  # width, height after Resize(256)
+    offset: tuple[int, int]  # left, top of the crop in the resized image
+    source_box: tuple[float, float, float, float]  # the crop in original pixels
+
+    @property
+    def crop_box(self) -> tuple[int, int, int, int]:
+        x0, y0, x1, y1 = (round(v) for v in self.source_box)
+        return x0, y0, x1, y1
+
+
+def crop_geometry(width: int, height: int) -> CropGeometry:
+    short, long = sorted((width, height))
+    new_short, new_long = RESIZE_TO, int(RESIZE_TO * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    top = round((new_h - CROP_TO) / 2.0)
+    left = round((new_w - CROP_TO) / 2.0)
+    sx, sy = width / new_w, height / new_h
+    box = (left * sx, top * sy, (left + CROP_TO) * sx, (top + CROP_TO) * sy)
+    return CropGeometry(resized=(new_w, new_h), offset=(left, top), source_box=box)
+
+
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+def preprocess(image: Image.Image) -> PreparedImage:
+    """Resize the shorter side to 256 (bilinear, antialiased), centre-crop 224, normalise."""
+    geometry = crop_geometry(*image.size)
+    (new_w, new_h), (left, top) = geometry.resized, geometry.offset
+    if new_w * new_h <= MAX_RESIZED_PIXELS:
+        resized = image.resize((new_w, new_h), Image.BILINEAR)
+        crop = resized.crop((left, top, left + CROP_TO, top + CROP_TO))
+    else:  # same sampling grid, within one 8-bit level
+        crop = image.resize((CROP_TO, CROP_TO), Image.BILINEAR, box=geometry.source_box)
+    pixels = torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1)
+    tensor = (pixels.float().div_(255.0) - _MEAN) / _STD
+    return PreparedImage(tensor=tensor, crop=crop, crop_box=geometry.crop_box, size=image.size)

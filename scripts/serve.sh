@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up and start TorchServe with squeezenet_saliency, in the background; scripts/stop.sh stops it.
+# The token keys are written to ./key_file.json, logs to ./logs (both in the repository root).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/setup.sh
+export PATH="$ROOT/.venv/bin:$PATH"
+
+config="${TS_CONFIG:-$ROOT/config.properties}"
+pid_file="${TMPDIR:-/tmp}/.model_server.pid"
+if [[ -f "$pid_file" ]] && ! kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+  echo "[serve] removing a stale pid file left by a crashed TorchServe: $pid_file"
+  rm -f "$pid_file"
+fi
+
+torchserve --start --ncs --ts-config "$config" --model-store "$ROOT/model_store"
+if ! python scripts/torchserve_ctl.py wait --config "$config" --workdir "$ROOT"; then
+  echo "[serve] TorchServe did not become ready; the end of logs/ts_log.log:" >&2
+  tail -n 30 logs/ts_log.log >&2 || true
+  exit 1
+fi
+inference="$(sed -nE 's/^inference_address=//p' "$config")"
+cat <<MSG
+
+Serving squeezenet_saliency at $inference (token authorization on; keys in $ROOT/key_file.json).
+  Try it:  .venv/bin/python scripts/client.py path/to/photo.jpg --out out/
+  or:      curl -H "Authorization: Bearer \$(python3 -c 'import json;print(json.load(open("key_file.json"))["inference"]["key"])')" \\
+                -T photo.jpg $inference/predictions/squeezenet_saliency
+  Stop:    scripts/stop.sh
+MSG

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Set up everything the service needs; sourced by serve.sh and test.sh, safe to run again.
+#   scripts/setup.sh [--dev]
+# - .venv at the repository root with the pinned requirements (--dev: test tools too)
+# - Java 17+ for TorchServe's front end
+# - the weights ($SQUEEZENET_WEIGHTS, else torchvision's file, downloaded and checksummed)
+# - model_store/squeezenet_saliency.mar
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PYTHON_BIN="${PYTHON:-python3}"
+say() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+requirements="$ROOT/requirements.txt"
+[[ "${1:-}" == "--dev" ]] && requirements="$ROOT/requirements-dev.txt"
+
+# Python 3.10+ with venv.
+command -v "$PYTHON_BIN" >/dev/null || die "python3 not found; install Python 3.11 (e.g. apt-get install python3 python3-venv)."
+"$PYTHON_BIN" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+  || die "Python 3.10+ is needed, found $("$PYTHON_BIN" --version 2>&1). Set PYTHON=/path/to/python3.11."
+
+# Java 17+ (TorchServe's front end is a Java program).
+java_bin="java"
+[[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]] && java_bin="$JAVA_HOME/bin/java"
+java_major="$("$java_bin" -version 2>&1 | sed -nE 's/.*version "([0-9]+)(\.[0-9]+)*.*/\1/p' | head -n1 || true)"
+if [[ -z "$java_major" || "$java_major" -lt 17 ]]; then
+  die "TorchServe needs Java 17 or newer (found: ${java_major:-none}). Install it, e.g.
+    Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless
+    macOS:         brew install openjdk@17
+  or point JAVA_HOME at an existing JDK/JRE 17+."
+fi
+
+# Virtual environment; reinstall only when the requirement files change.
+if [[ ! -x "$VENV/bin/python" ]]; then
+  say "creating $VENV"
+  "$PYTHON_BIN" -m venv "$VENV"
+fi
+stamp="$VENV/.requirements-$(basename "$requirements" .txt)"
+digest="$(cat "$ROOT"/requirements*.txt | sha256sum | cut -c1-16)"
+if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$digest" ]]; then
+  say "installing $(basename "$requirements") into .venv (the first time takes a few minutes)"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+  echo "$digest" >"$stamp"
+fi
+
+# Weights and the model archive (rebuilt every time: a few seconds, never stale).
+say "building model_store/squeezenet_saliency.mar"
+"$VENV/bin/python" "$ROOT/scripts/build_mar.py" >&2

@@ -1,0 +1,240 @@
+"""Start TorchServe in an isolated directory, wait until the model can answer, and stop it.
+
+Used by scripts/serve.sh (``wait``), the integration tests and the benchmarks. TorchServe keeps
+machine-global state (a pid file in $TMPDIR, worker sockets under java.io.tmpdir, logs in ./logs,
+key_file.json in the working directory); a ``Server`` gives each of those its own place.
+
+    python scripts/torchserve_ctl.py wait [--workdir .] [--config config.properties] [--timeout 180]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_NAME = "squeezenet_saliency"
+ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def with_ports(config_text: str, ports: dict[str, int]) -> str:
+    """The production config with its HTTP and gRPC ports moved (addresses stay loopback)."""
+    for key, port in ports.items():
+        if key.endswith("_address"):
+            pattern, replacement = rf"(?m)^{key}=(https?://[^:\s]+):\d+", rf"{key}=\g<1>:{port}"
+        else:
+            pattern, replacement = rf"(?m)^{key}=\d+", f"{key}={port}"
+        config_text, count = re.subn(pattern, replacement, config_text)
+        if count != 1:
+            raise ValueError(f"config has no single {key} line to move")
+    return config_text
+
+
+def read_keys(workdir: Path) -> dict[str, str]:
+    """TorchServe's token keys (inference, management, API) from key_file.json."""
+    data = json.loads((workdir / "key_file.json").read_text())
+    return {
+        kind: data[key]["key"]
+        for kind, key in (("inference", "inference"), ("management", "management"), ("api", "API"))
+    }
+
+
+def http_json(url: str, key: str | None = None, timeout: float = 5.0):
+    request = urllib.request.Request(url)
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_ready(
+    workdir: Path, management_url: str, pid_file: Path, timeout: float, model: str = MODEL_NAME
+) -> dict:
+    """Block until a worker of ``model`` is READY; fail early if the JVM died."""
+    deadline = time.monotonic() + timeout
+    last_error = "no answer yet"
+    while time.monotonic() < deadline:
+        pid = int(pid_file.read_text().strip()) if pid_file.is_file() else None
+        if pid is not None and not pid_alive(pid):
+            raise RuntimeError(f"TorchServe (pid {pid}) exited during start-up; see its logs")
+        try:
+            keys = read_keys(workdir)
+            described = http_json(f"{management_url}/models/{model}", keys["management"])
+            workers = described[0].get("workers", [])
+            if any(w.get("status") == "READY" for w in workers):
+                return described[0]
+            last_error = f"workers: {[w.get('status') for w in workers]}"
+        except (OSError, ValueError, KeyError, urllib.error.URLError) as exc:
+            last_error = str(exc)
+        time.sleep(0.25)
+    raise TimeoutError(f"{model} not ready after {timeout:.0f} s ({last_error})")
+
+
+@dataclass
+class Server:
+    """A TorchServe of its own: own working dir, TMPDIR/TEMP, logs, ports and keys."""
+
+    workdir: Path
+    model_store: Path
+    base_config: Path = ROOT / "config.properties"
+    ports: dict[str, int] = field(default_factory=dict)
+    extra_config: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.workdir / "tmp"
+        self.tmp.mkdir(exist_ok=True)
+        if not self.ports:
+            names = (*ADDRESS_KEYS, "grpc_inference_port", "grpc_management_port")
+            self.ports = {name: free_port() for name in names}
+        self.config = self.workdir / "config.properties"
+        text = with_ports(self.base_config.read_text(), self.ports)
+        self.config.write_text(text + ("\n" + self.extra_config if self.extra_config else ""))
+        self.keys: dict[str, str] = {}
+
+    def url(self, kind: str) -> str:
+        return f"http://127.0.0.1:{self.ports[f'{kind}_address']}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.tmp / ".model_server.pid"
+
+    @property
+    def pid(self) -> int | None:
+        return int(self.pid_file.read_text()) if self.pid_file.is_file() else None
+
+    def _environment(self) -> dict[str, str]:
+        environment = dict(os.environ)
+        bin_dir = str(Path(sys.executable).parent)
+        environment.update(
+            TMPDIR=str(self.tmp),
+            TEMP=str(self.tmp),
+            LOG_LOCATION=str(self.workdir / "logs"),
+            METRICS_LOCATION=str(self.workdir / "logs"),
+            PATH=bin_dir + os.pathsep + environment.get("PATH", ""),
+            **self.env,
+        )
+        return environment
+
+    def start(self, timeout: float = 180.0) -> Server:
+        subprocess.run(
+            [
+                "torchserve",
+                "--start",
+                "--ncs",
+                "--ts-config",
+                str(self.config),
+                "--model-store",
+                str(self.model_store),
+            ],
+            cwd=self.workdir,
+            env=self._environment(),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_ready(self.workdir, self.url("management"), self.pid_file, timeout)
+        except Exception:
+            self.stop()
+            raise
+        self.keys = read_keys(self.workdir)
+        return self
+
+    def worker_pids(self) -> list[int]:
+        described = http_json(
+            f"{self.url('management')}/models/{MODEL_NAME}", self.keys["management"]
+        )
+        return [int(w["pid"]) for w in described[0]["workers"] if w.get("pid")]
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop the JVM and its workers; kill them if a clean stop does not finish in time."""
+        pid = self.pid
+        workers = []
+        with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+            workers = self.worker_pids() if self.keys else []
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                ["torchserve", "--stop", "--foreground"],
+                cwd=self.workdir,
+                env=self._environment(),
+                timeout=timeout,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        for leftover in [pid, *workers]:
+            if pid_alive(leftover):
+                os.kill(leftover, signal.SIGKILL)
+
+    def log_text(self, name: str = "model_log.log") -> str:
+        path = self.workdir / "logs" / name
+        return path.read_text(errors="replace") if path.is_file() else ""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Wait until TorchServe's model is ready.")
+    parser.add_argument("command", choices=["wait"])
+    parser.add_argument("--workdir", type=Path, default=Path.cwd())
+    parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
+    parser.add_argument("--timeout", type=float, default=180.0)
+    args = parser.parse_args()
+    properties = read_properties(args.config)
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    try:
+        described = wait_ready(
+            args.workdir, properties["management_address"], tmp / ".model_server.pid", args.timeout
+        )
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"{described['modelName']} ready: batch size {described['batchSize']}, "
+        f"max batch delay {described['maxBatchDelay']} ms, "
+        f"{len(described['workers'])} worker(s) on {described.get('deviceType', '?')}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""A real TorchServe from the built .mar with the production config, once per test session."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Iterator
+
+import pytest
+import requests
+import torch
+from torchserve_ctl import MODEL_NAME, ROOT, Server
+
+from saliency_service.model import build_model
+
+MAR = ROOT / "model_store" / f"{MODEL_NAME}.mar"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if not MAR.is_file():
+        pytest.fail(f"{MAR} is missing: run scripts/test.sh (or scripts/build_mar.py) first")
+    instance = Server(workdir=tmp_path_factory.mktemp("torchserve"), model_store=MAR.parent)
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture(scope="session")
+def served_model() -> torch.nn.Module:
+    """The very weights inside the archive, loaded independently of the handler's code path."""
+    with zipfile.ZipFile(MAR) as archive:
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+        with archive.open(manifest["model"]["serializedFile"]) as file:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    return build_model(state)
+
+
+class Api:
+    """Thin requests wrapper that sends the inference token."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.session = requests.Session()
+
+    def post(
+        self,
+        body: bytes | None = None,
+        *,
+        endpoint: str = "predictions",
+        json_body: dict | None = None,
+        files: dict | None = None,
+        data: dict | None = None,
+        headers: dict | None = None,
+        token: str | None = "inference",
+    ) -> requests.Response:
+        all_headers = dict(headers or {})
+        if token:
+            all_headers["Authorization"] = f"Bearer {self.server.keys.get(token, token)}"
+        if body is not None and "Content-Type" not in all_headers:
+            all_headers["Content-Type"] = "application/octet-stream"
+        url = f"{self.server.url('inference')}/{endpoint}/{MODEL_NAME}"
+        return requests.post(
+            url,
+            data=body if body is not None else data,
+            json=json_body,
+            files=files,
+            headers=all_headers,
+            timeout=120,
+        )
+
+
+@pytest.fixture(scope="session")
+def api(server: Server) -> Api:
+    return Api(server)
