@@ -21,11 +21,12 @@ if ! python scripts/torchserve_ctl.py wait --config "$config" --workdir "$ROOT";
   exit 1
 fi
 inference="$(sed -nE 's/^inference_address=//p' "$config")"
-cat <<MSG
-
-Serving squeezenet_saliency at $inference (token authorization on; keys in $ROOT/key_file.json).
+echo
+echo "Serving squeezenet_saliency at $inference (token authorization on; keys in $ROOT/key_file.json)."
+cat <<'MSG'
   Try it:  .venv/bin/python scripts/client.py path/to/photo.jpg --out out/
-  or:      curl -H "Authorization: Bearer \$(python3 -c 'import json;print(json.load(open("key_file.json"))["inference"]["key"])')" \\
-                -T photo.jpg $inference/predictions/squeezenet_saliency
+  or:      KEY=$(python3 -c 'import json; print(json.load(open("key_file.json"))["inference"]["key"])')
+           curl -H "Authorization: Bearer $KEY" -H "Content-Type: application/octet-stream" \
+                --data-binary @photo.jpg http://127.0.0.1:8080/predictions/squeezenet_saliency
   Stop:    scripts/stop.sh
 MSG

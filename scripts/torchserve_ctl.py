@@ -58,6 +58,19 @@ def with_ports(config_text: str, ports: dict[str, int]) -> str:
     return config_text
 
 
+def with_absolute_paths(config_text: str, base_dir: Path, keys=("metrics_config",)) -> str:
+    """Relative file paths in the config made absolute against ``base_dir``.
+
+    TorchServe resolves them against its working directory, which for a Server is a temp dir.
+    """
+    for key in keys:
+        match = re.search(rf"(?m)^{key}=(.+)$", config_text)
+        if match and not Path(match.group(1).strip()).is_absolute():
+            absolute = (base_dir / match.group(1).strip()).resolve()
+            config_text = config_text.replace(match.group(0), f"{key}={absolute}", 1)
+    return config_text
+
+
 def read_keys(workdir: Path) -> dict[str, str]:
     """TorchServe's token keys (inference, management, API) from key_file.json."""
     data = json.loads((workdir / "key_file.json").read_text())
@@ -122,6 +135,8 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.workdir = self.workdir.resolve()
+        self.model_store = self.model_store.resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tmp = self.workdir / "tmp"
         self.tmp.mkdir(exist_ok=True)
@@ -130,6 +145,7 @@ class Server:
             self.ports = {name: free_port() for name in names}
         self.config = self.workdir / "config.properties"
         text = with_ports(self.base_config.read_text(), self.ports)
+        text = with_absolute_paths(text, self.base_config.resolve().parent)
         self.config.write_text(text + ("\n" + self.extra_config if self.extra_config else ""))
         self.keys: dict[str, str] = {}
 
@@ -158,22 +174,27 @@ class Server:
         return environment
 
     def start(self, timeout: float = 180.0) -> Server:
-        subprocess.run(
-            [
-                "torchserve",
-                "--start",
-                "--ncs",
-                "--ts-config",
-                str(self.config),
-                "--model-store",
-                str(self.model_store),
-            ],
-            cwd=self.workdir,
-            env=self._environment(),
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        start_log = self.workdir / "start.log"
+        command = [
+            "torchserve",
+            "--start",
+            "--ncs",
+            "--ts-config",
+            str(self.config),
+            "--model-store",
+            str(self.model_store),
+        ]
+        # Output to a file, not a pipe: the JVM inherits it and would hold a pipe open forever.
+        with start_log.open("w") as log_file:
+            started = subprocess.run(
+                command,
+                cwd=self.workdir,
+                env=self._environment(),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        if started.returncode != 0:
+            raise RuntimeError(f"torchserve --start failed: {start_log.read_text()}")
         try:
             wait_ready(self.workdir, self.url("management"), self.pid_file, timeout)
         except Exception:
