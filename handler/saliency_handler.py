@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+from collections import Counter
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,12 @@ log = logging.getLogger(__name__)
 
 LABELS_FILE = "index_to_name.json"
 MODEL_NAME_DIMENSION = "ModelName"
+
+# Custom metrics; each is declared, with these dimensions in this order, in handler/metrics.yaml
+# (TorchServe's Prometheus endpoint exports only declared metrics).
+STAGE_SECONDS = "saliency_stage_latency_seconds"  # histogram: ModelName, Level, Stage
+BATCH_SIZE = "saliency_batch_size"  # histogram: ModelName, Level
+ERRORS = "saliency_errors_total"  # counter: ModelName, Level, ErrorCode
 
 
 class SaliencyHandler:
@@ -64,15 +72,51 @@ class SaliencyHandler:
 
     @staticmethod
     def _record(context: Any, report: BatchReport) -> None:
-        """Per-stage latency, batch size and error counts as TorchServe custom metrics."""
+        """Per-stage latency, batch size and error counts as TorchServe custom metrics.
+
+        One observation per batch: seconds of each stage that ran (a batch whose every request
+        was refused never reaches forward_backward), the number of requests, and one count per
+        error answered, by error code.
+        """
         metrics = getattr(context, "metrics", None)
         if metrics is None:
             return
         try:
+            from ts.metrics.dimension import Dimension
+            from ts.metrics.metric_type_enum import MetricTypes
+
+            model = getattr(context, "model_name", None) or "squeezenet_saliency"
+            base = [Dimension(MODEL_NAME_DIMENSION, model), Dimension("Level", "Model")]
             for stage, seconds in report.seconds.items():
-                metrics.add_time(
-                    f"Saliency{stage.title().replace('_', '')}Time", seconds * 1000, None, "ms"
+                if seconds > 0:
+                    metrics.add_time(
+                        STAGE_SECONDS,
+                        seconds,
+                        None,
+                        "s",
+                        [*base, Dimension("Stage", _label(stage))],
+                        MetricTypes.HISTOGRAM,
+                    )
+            metrics.add_metric(
+                BATCH_SIZE, report.size, "count", None, list(base), MetricTypes.HISTOGRAM
+            )
+            for code, count in sorted(Counter(report.error_codes).items()):
+                metrics.add_counter(
+                    ERRORS, count, None, [*base, Dimension("ErrorCode", _label(code))]
                 )
-            metrics.add_size("SaliencyBatchSize", report.size, None, "count")
         except Exception:  # metrics must never fail a request
-            log.debug("could not record metrics", exc_info=True)
+            _warn_once("could not record metrics")
+
+
+_warned: set[str] = set()
+
+
+def _label(value: str) -> str:
+    """A dimension value that cannot break TorchServe's metric line format (``|``, ``,``, ``:``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(value))[:64] or "unknown"
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message, exc_info=True)

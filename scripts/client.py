@@ -230,7 +230,7 @@ def request_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if args.target is not None:
         options["target"] = int(args.target) if args.target.isdigit() else args.target
-    for name in ("topk", "objective", "colormap"):
+    for name in ("topk", "objective", "colormap", "method", "samples", "noise", "seed"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     if args.overlay:
@@ -273,6 +273,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--colormap", choices=["gray", "hot"], help="hot also sends a heatmap")
     parser.add_argument("--overlay", action="store_true", help="also the heatmap over the photo")
     parser.add_argument("--explain", action="store_true", help="use /explanations")
+    parser.add_argument("--method", choices=["vanilla", "smoothgrad"], help="map method (vanilla)")
+    parser.add_argument("--samples", type=int, help="SmoothGrad: noisy copies, 1-50 (25)")
+    parser.add_argument("--noise", type=float, help="SmoothGrad: sigma / input range (0.15)")
+    parser.add_argument("--seed", type=int, help="SmoothGrad: noise seed (the server draws one)")
     add_server_arguments(parser)
     args = parser.parse_args(argv)
     if args.concurrency < 1:

@@ -14,7 +14,10 @@ if [[ -f "$pid_file" ]] && ! kill -0 "$(cat "$pid_file")" 2>/dev/null; then
   rm -f "$pid_file"
 fi
 
-torchserve --start --ncs --ts-config "$config" --model-store "$ROOT/model_store"
+# The JVM keeps the output it inherits: send it to a file, not to this terminal or a pipe.
+mkdir -p logs
+torchserve --start --ncs --ts-config "$config" --model-store "$ROOT/model_store" \
+  >logs/console.log 2>&1 || { cat logs/console.log >&2; exit 1; }
 if ! python scripts/torchserve_ctl.py wait --config "$config" --workdir "$ROOT"; then
   echo "[serve] TorchServe did not become ready; the end of logs/ts_log.log:" >&2
   tail -n 30 logs/ts_log.log >&2 || true

@@ -2,6 +2,7 @@
 # Set up everything the service needs; sourced by serve.sh and test.sh, safe to run again.
 #   scripts/setup.sh [--dev]
 # - .venv at the repository root with the pinned requirements (--dev: test tools too)
+# - --dev: .venv-tools with requirements-tools.txt (scanners whose dependencies clash with .venv)
 # - Java 17+ for TorchServe's front end
 # - the weights ($SQUEEZENET_WEIGHTS, else torchvision's file, downloaded and checksummed)
 # - model_store/squeezenet_saliency.mar
@@ -43,6 +44,19 @@ if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$digest" ]]; then
   say "installing $(basename "$requirements") into .venv (the first time takes a few minutes)"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
   echo "$digest" >"$stamp"
+fi
+
+# Scanners with their own dependency trees (checkov), apart from the serving pins.
+if [[ "${1:-}" == "--dev" ]]; then
+  TOOLS="$ROOT/.venv-tools"
+  tools_stamp="$TOOLS/.requirements-tools"
+  tools_digest="$(sha256sum "$ROOT/requirements-tools.txt" | cut -c1-16)"
+  if [[ "$(cat "$tools_stamp" 2>/dev/null || true)" != "$tools_digest" ]]; then
+    say "installing requirements-tools.txt into .venv-tools"
+    [[ -x "$TOOLS/bin/python" ]] || "$PYTHON_BIN" -m venv "$TOOLS"
+    "$TOOLS/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements-tools.txt"
+    echo "$tools_digest" >"$tools_stamp"
+  fi
 fi
 
 # Weights and the model archive (rebuilt every time: a few seconds, never stale).

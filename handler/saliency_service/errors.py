@@ -45,18 +45,18 @@ def missing_image() -> RequestError:
 
 def unknown_option(name: str, known: list[str]) -> RequestError:
     return RequestError(
-        "unknown_option", f"Unknown option {name!r}; known options: {', '.join(sorted(known))}."
+        "unknown_option", f"Unknown option {name!r:.60}; known options: {', '.join(sorted(known))}."
     )
 
 
 def invalid_option(name: str, detail: str) -> RequestError:
-    return RequestError("invalid_option", f"Option {name!r} {detail}.")
+    return RequestError("invalid_option", f"Option {name!r:.60} {detail}.")
 
 
 def unknown_label(label: str) -> RequestError:
     return RequestError(
         "unknown_label",
-        f"{label!r} is not an ImageNet class name; send an index "
+        f"{label!r:.60} is not an ImageNet class name; send an index "
         "0-999 or one of torchvision's ImageNet category names.",
     )
 
@@ -64,7 +64,7 @@ def unknown_label(label: str) -> RequestError:
 def ambiguous_label(label: str, indices: list[int]) -> RequestError:
     return RequestError(
         "ambiguous_label",
-        f"{label!r} names several ImageNet classes {indices}: send the index instead.",
+        f"{label!r:.60} names several ImageNet classes {indices}: send the index instead.",
     )
 
 

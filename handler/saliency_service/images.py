@@ -101,29 +101,42 @@ def _orient(image: Image.Image) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB from any Pillow mode: high bit depths scaled (not clipped), alpha composited."""
     mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return Image.fromarray(_to_uint8(np.asarray(image)), "L").convert("RGB")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_to_uint8(np.asarray(image), mode), "L").convert("RGB")
     return image.convert("RGB")
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """Scale a single-channel array of a wider type onto 0-255 by its nominal range."""
-    values = values.astype(np.float64)
-    finite = values[np.isfinite(values)]
-    peak = float(finite.max()) if finite.size else 0.0
-    if peak <= 1.0 and values.dtype.kind == "f":
-        scale = 255.0  # float images in [0, 1]
-    elif peak <= 255.0:
-        scale = 1.0
+def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Scale single-channel integer or float pixels onto 0-255 by the mode's nominal range.
+
+    16-bit modes span 0-65535 whatever the brightest pixel (a dark 16-bit image stays dark);
+    32-bit integer images are read as 16-bit data when they exceed 255; float images as [0, 1]
+    when they fit in it.
+    """
+    # Row blocks of ~1M pixels: float64 copies of a whole 40-megapixel image would take ~1.5 GB.
+    rows = max(1, (1 << 20) // max(1, values.shape[-1]))
+    blocks = [slice(top, top + rows) for top in range(0, values.shape[0], rows)]
+
+    def finite(block: slice) -> np.ndarray:
+        return np.nan_to_num(values[block].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+
+    peak = max((float(finite(block).max()) for block in blocks), default=0.0)
+    if mode.startswith("I;16") or (mode == "I" and peak > 255.0):
+        scale = 255.0 / 65535.0
+    elif mode == "F" and peak <= 1.0:
+        scale = 255.0
     else:
-        scale = 255.0 / 65535.0  # 16-bit data
-    return np.clip(np.nan_to_num(values * scale), 0, 255).round().astype(np.uint8)
+        scale = 1.0
+    pixels = np.empty(values.shape, dtype=np.uint8)
+    for block in blocks:
+        pixels[block] = np.clip(finite(block) * scale, 0, 255).round()
+    return pixels
 
 
 # Beyond this many resized pixels (a 1x30000 strip would become 256x7680000) only the crop's

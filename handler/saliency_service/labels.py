@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -57,7 +58,7 @@ class Labels:
             ``unknown_label``, ``ambiguous_label`` or ``invalid_option`` (index out of range).
         """
         text = label.strip()
-        if text.lstrip("+-").isdigit():
+        if re.fullmatch(r"[+-]?[0-9]{1,12}", text):
             return check_index(int(text))
         indices = self._by_name.get(" ".join(text.split()).casefold())
         if not indices:

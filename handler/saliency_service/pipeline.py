@@ -7,10 +7,11 @@ keeps one bad request from touching its neighbours, and times the stages.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,11 @@ import torch
 from torch import nn
 
 from . import images, rendering
-from .attribution import PREDICTED, vanilla_saliency
+from .attribution import PREDICTED, SaliencyResult, smoothgrad_saliency, vanilla_saliency
 from .errors import RequestError
 from .labels import Labels
 from .model import load_model
-from .parsing import Options, RequestLimits, SaliencyRequest, parse_request
+from .parsing import MAX_SEED, Options, RequestLimits, SaliencyRequest, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ STAGES = ("decode", "forward_backward", "encode")
 class ServiceConfig:
     image_limits: images.ImageLimits = field(default_factory=images.ImageLimits)
     request_limits: RequestLimits = field(default_factory=RequestLimits)
+    # At most this many images per forward/backward pass of SmoothGrad's noisy copies: on CPU
+    # ~15-20 MB of activations each, and batches past ~16-32 images are no faster per image.
+    max_gradient_batch: int = 32
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ServiceConfig:
@@ -41,7 +45,15 @@ class ServiceConfig:
         max_bytes = int(values.get("max_image_bytes", images.ImageLimits.max_bytes))
         max_pixels = int(values.get("max_image_pixels", images.ImageLimits.max_pixels))
         max_topk = int(values.get("max_topk", RequestLimits.max_topk))
-        return cls(images.ImageLimits(max_bytes, max_pixels), RequestLimits(max_bytes, max_topk))
+        max_samples = int(values.get("max_samples", RequestLimits.max_samples))
+        max_gradient_batch = int(values.get("max_gradient_batch", cls.max_gradient_batch))
+        if max_samples < 1 or max_gradient_batch < 1:
+            raise ValueError("max_samples and max_gradient_batch must be >= 1")
+        return cls(
+            images.ImageLimits(max_bytes, max_pixels),
+            RequestLimits(max_bytes, max_topk, max_samples),
+            max_gradient_batch,
+        )
 
 
 @dataclass(frozen=True)
@@ -151,7 +163,10 @@ class SaliencyService:
     def _prepare(self, index: int, row: Mapping[str, Any]) -> _Item:
         request: SaliencyRequest = parse_request(row, self.labels, self.config.request_limits)
         image = images.decode(request.image, self.config.image_limits)
-        return _Item(index, request.options, images.preprocess(image))
+        options = request.options
+        if options.method == "smoothgrad" and options.seed is None:
+            options = replace(options, seed=secrets.randbelow(MAX_SEED + 1))  # reported back
+        return _Item(index, options, images.preprocess(image))
 
     def _answer(self, items: list[_Item], report: BatchReport) -> list[Answer]:
         with report.timed("forward_backward"):
@@ -163,14 +178,16 @@ class SaliencyService:
             ]
 
     def _run_model(self, items: list[_Item]) -> _Outputs:
-        """One forward (and, if any request wants a map, one backward) for the whole batch."""
+        """One forward (and, if any request wants a map, one backward) for the whole batch.
+
+        Requests for SmoothGrad maps are computed together: their noisy copies share passes of at
+        most ``max_gradient_batch`` images. All other requests share one vanilla pass.
+        """
         options = [item.options for item in items]
         inputs = torch.stack([item.image.tensor for item in items]).to(self.device)
         pixels = peaks = None
         if any(o.saliency for o in options):
-            requested = torch.tensor([PREDICTED if o.target is None else o.target for o in options])
-            objectives = [o.objective for o in options]
-            result = vanilla_saliency(self.model, inputs, requested, objectives)
+            result = self._saliency(inputs, options)
             logits, targets = result.logits, result.targets
             pixels, peaks = rendering.quantise(result.maps)
         else:
@@ -181,6 +198,44 @@ class SaliencyService:
         scores = logits.gather(1, targets[:, None]).squeeze(1)
         return _Outputs(
             top_i.tolist(), top_p.tolist(), targets.tolist(), scores.tolist(), pixels, peaks
+        )
+
+    def _saliency(self, inputs: torch.Tensor, options: list[Options]) -> SaliencyResult:
+        """Maps, logits and targets of the batch, in its order, from one call per method."""
+        requested = torch.tensor([PREDICTED if o.target is None else o.target for o in options])
+        smooth = [n for n, o in enumerate(options) if o.saliency and o.method == "smoothgrad"]
+        plain = [n for n in range(len(options)) if n not in smooth]
+        parts: list[tuple[list[int], SaliencyResult]] = []
+        if smooth:
+            chosen = [options[n] for n in smooth]
+            smoothed = smoothgrad_saliency(
+                self.model,
+                inputs[smooth],
+                requested[smooth],
+                [o.objective for o in chosen],
+                samples=[o.samples for o in chosen],
+                noise=[o.noise for o in chosen],
+                seeds=[o.seed for o in chosen],
+                chunk_size=self.config.max_gradient_batch,
+            )
+            parts.append((smooth, smoothed))
+        if plain and any(options[n].saliency for n in plain):
+            objectives = [options[n].objective for n in plain]
+            parts.append(
+                (plain, vanilla_saliency(self.model, inputs[plain], requested[plain], objectives))
+            )
+        elif plain:  # classification only: no backward pass
+            logits = self.model(inputs[plain])
+            maps = torch.zeros(len(plain), *inputs.shape[2:], device=inputs.device)
+            parts.append((plain, SaliencyResult(maps, logits, logits.argmax(dim=1))))
+        if len(parts) == 1:
+            return parts[0][1]
+        where = torch.tensor([n for group, _ in parts for n in group]).argsort().to(inputs.device)
+        return SaliencyResult(
+            *(
+                torch.cat([getattr(r, name) for _, r in parts])[where]
+                for name in ("maps", "logits", "targets")
+            )
         )
 
     def _body(self, n: int, item: _Item, outputs: _Outputs, batch_size: int) -> dict:
@@ -218,9 +273,11 @@ def _pictures(pixels: np.ndarray, peak: float, options: Options, crop: images.Im
             "height": height,
             "max": peak,
             "objective": options.objective,
-            "method": "vanilla",
+            "method": options.method,
         },
     }
+    if options.method == "smoothgrad":
+        pictures["saliency"].update(samples=options.samples, noise=options.noise, seed=options.seed)
     if options.colormap != "gray" or options.overlay:
         colored = rendering.colorize(pixels, options.colormap)
         if options.colormap != "gray":

@@ -6,9 +6,12 @@ the gradient plumbing lives in ``gradients`` alone.
 
 from .gradients import input_gradients
 from .objectives import OBJECTIVES, PREDICTED, BatchObjective, class_score, cross_entropy
+from .smoothgrad import DEFAULT_NOISE, DEFAULT_SAMPLES, smoothgrad_saliency
 from .vanilla import SaliencyResult, vanilla_saliency
 
 __all__ = [
+    "DEFAULT_NOISE",
+    "DEFAULT_SAMPLES",
     "OBJECTIVES",
     "PREDICTED",
     "BatchObjective",
@@ -16,5 +19,6 @@ __all__ = [
     "class_score",
     "cross_entropy",
     "input_gradients",
+    "smoothgrad_saliency",
     "vanilla_saliency",
 ]

@@ -1,0 +1,187 @@
+"""The Dockerfile: hadolint-clean, and everything it copies exists and reaches the build context.
+
+No Docker engine here: these checks read the Dockerfile as text. The .mar is built by
+scripts/setup.sh before the tests run (scripts/test.sh, CI).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+CONTAINER_PROPERTIES = ROOT / "deploy" / "docker" / "container.properties"
+
+
+def hadolint() -> str:
+    found = Path(sys.executable).with_name("hadolint")
+    path = str(found) if found.is_file() else shutil.which("hadolint")
+    if not path:
+        pytest.fail("hadolint is missing: run scripts/setup.sh --dev (requirements-dev.txt)")
+    return path
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    result, pending = [], ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):  # a comment inside a continued instruction
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        keyword, _, rest = full.partition(" ")
+        result.append((keyword.upper(), rest.strip()))
+    return result
+
+
+def copies() -> list[tuple[list[str], str, dict[str, str]]]:
+    """(sources, destination, flags) of every COPY, in order."""
+    found = []
+    for keyword, rest in instructions():
+        if keyword != "COPY":
+            continue
+        words = rest.split()
+        flags = dict(w[2:].split("=", 1) for w in words if w.startswith("--"))
+        paths = [w for w in words if not w.startswith("--")]
+        found.append((paths[:-1], paths[-1], flags))
+    return found
+
+
+def dockerignored(path: str) -> bool:
+    """Whether .dockerignore keeps ``path`` out of the build context (Docker's rules, as used
+    here: the last matching pattern wins; a pattern matching a parent directory applies)."""
+    excluded = False
+    parts = path.split("/")
+    for raw in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes):
+            excluded = not negated
+    return excluded
+
+
+def test_hadolint_passes() -> None:
+    result = subprocess.run(
+        [hadolint(), "--no-color", "--failure-threshold", "info", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_is_effective() -> None:
+    """The linter does flag a bad Dockerfile (so a pass above means something)."""
+    bad = "FROM ubuntu\nRUN apt-get install curl\nUSER root\n"
+    result = subprocess.run(
+        [hadolint(), "--no-color", "-"], input=bad, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "DL3006" in result.stdout and "DL3008" in result.stdout, result.stdout
+
+
+def test_every_copied_file_exists_and_is_in_the_build_context() -> None:
+    sources = [src for srcs, _, flags in copies() if "from" not in flags for src in srcs]
+    assert "model_store/squeezenet_saliency.mar" in sources
+    for source in sources:
+        matches = list(ROOT.glob(source))
+        assert matches, f"COPY {source}: missing (scripts/setup.sh builds the .mar)"
+        for match in matches:
+            files = [match] if match.is_file() else [p for p in match.rglob("*") if p.is_file()]
+            for file in files:
+                relative = file.relative_to(ROOT).as_posix()
+                assert not dockerignored(relative), f"{relative} is excluded by .dockerignore"
+
+
+def test_dockerignore_keeps_secrets_and_clutter_out() -> None:
+    for path in ("key_file.json", "logs/ts_log.log", ".venv/bin/python", ".git/config", "tests/x"):
+        assert dockerignored(path), path
+
+
+def image_files() -> set[str]:
+    """Absolute paths the image gets from COPY (and the config the Dockerfile concatenates)."""
+    files = set()
+    for sources, destination, flags in copies():
+        if "from" in flags:
+            files.add(destination)
+            continue
+        for source in sources:
+            name = Path(source).name
+            files.add(destination + name if destination.endswith("/") else destination)
+    text = DOCKERFILE.read_text()
+    files.update(re.findall(r">\s*(/opt/saliency/\S+)", text))
+    return files
+
+
+def json_words(keyword: str) -> list[str]:
+    (rest,) = [rest for key, rest in instructions() if key == keyword][-1:]
+    return json.loads(rest[rest.index("[") :])
+
+
+def test_runtime_paths_come_from_the_build() -> None:
+    files = image_files()
+    command = json_words("CMD")
+    assert command[:3] == ["torchserve", "--start", "--foreground"]
+    wanted = [w for w in command if w.startswith("/opt/saliency/")]
+    wanted += json_words("ENTRYPOINT") + json_words("HEALTHCHECK")[:1]
+    for path in wanted:
+        if path.endswith("model-store"):
+            assert f"{path}/squeezenet_saliency.mar" in files
+        else:
+            assert path in files, f"{path} is not produced by the Dockerfile: {sorted(files)}"
+
+
+def test_base_image_is_the_pinned_official_torchserve_and_user_is_not_root() -> None:
+    text = DOCKERFILE.read_text()
+    assert "ARG BASE_IMAGE=pytorch/torchserve:0.12.0-gpu" in text
+    assert "pytorch/torchserve:0.12.0-cpu" in text  # the documented CPU variant
+    users = [rest for key, rest in instructions() if key == "USER"]
+    assert users[-1] not in ("root", "0", "0:0")
+    exposed = [rest for key, rest in instructions() if key == "EXPOSE"]
+    assert exposed == ["8080"]
+    assert any(key == "HEALTHCHECK" for key, _ in instructions())
+
+
+def merged_properties(*texts: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for text in texts:
+        for line in text.splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, value = line.split("=", 1)
+                values[key.strip()] = value.strip()
+    return values
+
+
+def test_container_config_exposes_inference_only_and_keeps_the_protections() -> None:
+    """The image's config: the repository's config.properties + container.properties."""
+    config = merged_properties(
+        (ROOT / "config.properties").read_text(), CONTAINER_PROPERTIES.read_text()
+    )
+    assert config["inference_address"] == "http://0.0.0.0:8080"
+    assert config["management_address"].startswith("http://127.0.0.1:")
+    assert config["metrics_address"].startswith("http://127.0.0.1:")
+    assert config["grpc_inference_address"] == config["grpc_management_address"] == "127.0.0.1"
+    assert config["disable_token_authorization"] == "false"
+    assert config["enable_model_api"] == "false"
+    assert config["metrics_mode"] == "prometheus"
+    assert config["metrics_config"] == "/opt/saliency/metrics.yaml"
+    assert config["model_store"] == "/opt/saliency/model-store"
+    assert "/opt/saliency/metrics.yaml" in image_files()

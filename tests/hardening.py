@@ -1,0 +1,173 @@
+"""Helpers of the robustness tests (bad input, batches, load, faults, security).
+
+Everything here talks to a real TorchServe through HTTP or reads /proc; nothing imports the
+service's code, so the tests judge the server from the outside, as a client would.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import threading
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import reference
+import requests
+from PIL import Image
+from torchserve_ctl import MODEL_NAME, Server
+
+
+def post(
+    server: Server,
+    body: bytes | None = None,
+    *,
+    endpoint: str = "predictions",
+    json_body: dict | None = None,
+    headers: dict | None = None,
+    token: str | None = "inference",
+    session: requests.Session | None = None,
+    timeout: float = 120,
+) -> requests.Response:
+    """One inference request, with the server's inference key unless ``token`` says otherwise."""
+    all_headers = dict(headers or {})
+    if token:
+        all_headers["Authorization"] = f"Bearer {server.keys.get(token, token)}"
+    if body is not None:
+        all_headers.setdefault("Content-Type", "application/octet-stream")
+    return (session or requests).post(
+        f"{server.url('inference')}/{endpoint}/{MODEL_NAME}",
+        data=body,
+        json=json_body,
+        headers=all_headers,
+        timeout=timeout,
+    )
+
+
+def error_of(response: requests.Response) -> tuple[int, str]:
+    """(status, code) of one of the service's own errors, checking its shape on the way."""
+    assert response.headers.get("Content-Type", "").startswith("application/json"), (
+        response.status_code,
+        response.text[:300],
+    )
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert isinstance(body["error"]["code"], str) and body["error"]["message"].strip()
+    return response.status_code, body["error"]["code"]
+
+
+def encode(image: Image.Image | np.ndarray, fmt: str = "PNG", **params: Any) -> bytes:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A few hundred bytes of well-formed PNG whose header claims width x height RGB pixels."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload)
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (width * 3 + 1) * 4, 9)
+    signature = b"\x89PNG\r\n\x1a\n"
+    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def assert_same_answer(alone: dict, other: dict, levels: int = 0) -> None:
+    """Two answers to the same image and options agree; ``levels``: allowed 8-bit map difference
+    (0 for the same batch size; a few when float summation order differs between batch sizes)."""
+    assert set(other) == set(alone), (sorted(alone), sorted(other))
+    assert other["prediction"]["index"] == alone["prediction"]["index"]
+    assert [c["index"] for c in other["topk"]] == [c["index"] for c in alone["topk"]]
+    assert other["crop_box"] == alone["crop_box"]
+    if "target" in alone:
+        assert other["target"]["index"] == alone["target"]["index"]
+    if "saliency" in alone:
+        assert other["saliency"]["objective"] == alone["saliency"]["objective"]
+    for key in ("saliency", "heatmap", "overlay"):
+        if key not in alone:
+            continue
+        a = reference.decode_png(alone[key]["png"]).astype(int)
+        b = reference.decode_png(other[key]["png"]).astype(int)
+        assert a.shape == b.shape
+        # A colormap turns one gray level into up to ~3 levels of a channel ("hot" is steep).
+        tolerance = levels if key == "saliency" else 3 * levels
+        assert np.abs(a - b).max() <= tolerance, (key, np.abs(a - b).max())
+    if levels == 0:
+        assert {k: v for k, v in other.items() if k != "serving"} == {
+            k: v for k, v in alone.items() if k != "serving"
+        }
+
+
+def concurrently(calls: Sequence[Callable[[], Any]]) -> list[Any]:
+    """Run the calls at the same moment, one thread each (a barrier lines them up)."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], Any]) -> Any:
+        barrier.wait()
+        return call()
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak resident memory) of a process, in bytes, from /proc."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) * 1024
+    return values
+
+
+def percentiles(seconds: Sequence[float]) -> dict[str, float]:
+    values = np.asarray(seconds) * 1000
+    return {f"p{q}": float(np.percentile(values, q)) for q in (50, 95, 99)} | {
+        "max": float(values.max())
+    }
+
+
+def variant_mar(store: Path, **settings: int) -> Path:
+    """A copy of the built .mar in ``store`` with top-level model-config.yaml settings replaced
+    (e.g. ``responseTimeout=15``): the yaml inside the archive overrides config.properties."""
+    from torchserve_ctl import ROOT
+
+    source = ROOT / "model_store" / f"{MODEL_NAME}.mar"
+    store.mkdir(parents=True, exist_ok=True)
+    target = store / source.name
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w") as copy:
+        for item in archive.infolist():
+            data = archive.read(item.filename)
+            if item.filename == "model-config.yaml":
+                text = data.decode()
+                for key, value in settings.items():
+                    text, count = re.subn(rf"(?m)^{key}:.*$", f"{key}: {value}", text)
+                    assert count == 1, f"model-config.yaml has no single {key} line"
+                data = text.encode()
+            copy.writestr(item, data)
+    return target
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+        except (OSError, ValueError, KeyError, IndexError, requests.RequestException):
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met in {timeout:.0f} s")

@@ -1,0 +1,212 @@
+"""Hardened defaults, shown against the real server started from the production config.
+
+Token authorization on every inference and management call, no model registration over HTTP,
+every port bound to loopback, the limits and the token lifetime set in config.properties, and
+key rotation with the API key (on a server of its own whose keys expire within seconds).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+import torchserve_ctl
+from hardening import post, wait_for
+from photos import packaged_photos
+from torchserve_ctl import MODEL_NAME, ROOT, Server, read_keys, read_properties
+
+GOOD = packaged_photos()["coffee"]
+PROPERTIES = read_properties(ROOT / "config.properties")
+REFUSED = 400  # TorchServe answers a missing or wrong token with 400 InvalidKeyException
+
+
+def refused(response: requests.Response) -> bool:
+    return response.status_code == REFUSED and "InvalidKeyException" in response.text
+
+
+def management(server: Server, method: str, path: str, token: str | None, **kwargs):
+    headers = {"Authorization": f"Bearer {server.keys.get(token, token)}"} if token else {}
+    url = f"{server.url('management')}{path}"
+    return requests.request(method, url, headers=headers, timeout=30, **kwargs)
+
+
+# --- tokens ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("endpoint", ["predictions", "explanations"])
+@pytest.mark.parametrize("token", [None, "not-the-key", "management", "api"])
+def test_inference_needs_the_inference_key(server, endpoint, token) -> None:
+    assert refused(post(server, GOOD, endpoint=endpoint, token=token))
+
+
+def test_ping_needs_the_inference_key(server) -> None:
+    url = f"{server.url('inference')}/ping"
+    assert refused(requests.get(url, timeout=30))
+    key = server.keys["inference"]
+    assert requests.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=30).ok
+
+
+@pytest.mark.parametrize("token", [None, "not-the-key", "inference", "api"])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/models"),
+        ("GET", f"/models/{MODEL_NAME}"),
+        ("PUT", f"/models/{MODEL_NAME}?min_worker=4&max_worker=4"),
+        ("DELETE", f"/models/{MODEL_NAME}"),
+    ],
+)
+def test_management_needs_the_management_key(server, token, method, path) -> None:
+    assert refused(management(server, method, path, token))
+
+
+def test_the_management_key_works(server) -> None:
+    response = management(server, "GET", f"/models/{MODEL_NAME}", "management")
+    assert response.status_code == 200 and response.json()[0]["modelName"] == MODEL_NAME
+
+
+@pytest.mark.parametrize("token", [None, "management", "api"])
+def test_model_registration_is_off(server, token) -> None:
+    """POST /models (load a .mar from a path or URL: arbitrary code) stays disabled."""
+    response = management(server, "POST", "/models?url=squeezenet_saliency.mar", token)
+    assert response.status_code in (REFUSED, 405), response.text
+    if token == "management":
+        assert response.status_code == 405  # disabled, even with the right key
+
+
+def test_unregistering_the_model_is_off(server) -> None:
+    response = management(server, "DELETE", f"/models/{MODEL_NAME}", "management")
+    assert response.status_code == 405, response.text
+    assert post(server, GOOD).status_code == 200
+
+
+def test_new_keys_need_the_api_key(server) -> None:
+    for token in (None, "not-the-key", "inference", "management"):
+        assert refused(management(server, "GET", "/token?type=inference", token))
+
+
+# --- network exposure --------------------------------------------------------------------------
+
+
+def test_every_port_is_bound_to_loopback_only(server) -> None:
+    listening = [
+        connection.laddr
+        for connection in psutil.Process(server.pid).net_connections(kind="inet")
+        if connection.status == psutil.CONN_LISTEN
+    ]
+    expected = {
+        server.ports[name]
+        for name in (
+            "inference_address",
+            "management_address",
+            "metrics_address",
+            "grpc_inference_port",
+            "grpc_management_port",
+        )
+    }
+    assert {address.port for address in listening} >= expected
+    for address in listening:  # Java reports IPv4 loopback as "::ffff:127.0.0.1"
+        ip = ipaddress.ip_address(address.ip)
+        ip = getattr(ip, "ipv4_mapped", None) or ip
+        assert ip == ipaddress.ip_address("127.0.0.1"), listening
+
+
+def test_metrics_answer_without_a_token_on_loopback(server) -> None:
+    response = requests.get(f"{server.url('metrics')}/metrics", timeout=30)
+    assert response.status_code == 200
+
+
+# --- the production config itself --------------------------------------------------------------
+
+
+def test_production_config_is_hardened() -> None:
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert PROPERTIES[key].startswith("http://127.0.0.1:"), key
+    for key in ("grpc_inference_address", "grpc_management_address"):
+        assert PROPERTIES[key] == "127.0.0.1", key
+    assert PROPERTIES["disable_token_authorization"] == "false"
+    assert PROPERTIES["enable_model_api"] == "false"
+    assert PROPERTIES["install_py_dep_per_model"] == "false"
+    assert "enable_envvars_config" not in PROPERTIES  # environment cannot switch tokens off
+    # allowed_urls: TorchServe's default admits any http(s) URL; ours matches nothing real.
+    assert PROPERTIES["allowed_urls"] and "http" not in PROPERTIES["allowed_urls"]
+    # Models come from the local store only, by file name.
+    for entry in PROPERTIES["load_models"].split(","):
+        assert "://" not in entry and entry.split("=")[-1].endswith(".mar")
+    assert 1 <= int(PROPERTIES["max_request_size"]) <= 16 * 2**20
+    assert int(PROPERTIES["job_queue_size"]) > 0
+    # Keys live for a week, not TorchServe's 60 minutes; docs/errors-and-hardening.md says how
+    # to rotate them before that.
+    assert float(PROPERTIES["token_expiration_min"]) == 7 * 24 * 60
+
+
+def test_key_file_is_private(server) -> None:
+    mode = (server.workdir / "key_file.json").stat().st_mode & 0o777
+    assert mode == 0o600, oct(mode)
+
+
+# --- expiry and rotation -----------------------------------------------------------------------
+
+
+def _front_end_up(workdir: Path, management_url: str, pid_file: Path, timeout: float, **_) -> None:
+    """Stands in for wait_ready: the keys expire before a worker is ready, and no worker is
+    needed to check tokens (the front end checks them before any model is involved)."""
+    wait_for(lambda: (workdir / "key_file.json").is_file(), timeout)
+    wait_for(lambda: requests.get(f"{management_url}/models", timeout=5).status_code, timeout)
+
+
+def _expiry(workdir: Path, kind: str) -> datetime:
+    text = json.loads((workdir / "key_file.json").read_text())[kind]["expiration time"]
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_expired_keys_are_refused_and_the_api_key_issues_new_ones(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(torchserve_ctl, "wait_ready", _front_end_up)
+    server = Server(
+        workdir=tmp_path / "ts",
+        model_store=ROOT / "model_store",
+        extra_config="token_expiration_min=0.1",  # 6 seconds
+    )
+    server.start()
+    try:
+        old = dict(server.keys)
+        expires = max(_expiry(server.workdir, "inference"), _expiry(server.workdir, "management"))
+        time.sleep(max(0.0, (expires - datetime.now(timezone.utc)).total_seconds()) + 1)
+        assert refused(management(server, "GET", "/models", "management"))
+        assert refused(
+            requests.get(
+                f"{server.url('inference')}/ping", headers=_bearer(old["inference"]), timeout=30
+            )
+        )
+
+        for kind in ("management", "inference"):
+            rotated = management(server, "GET", f"/token?type={kind}", "api")
+            assert rotated.status_code == 200, rotated.text
+        new = read_keys(server.workdir)
+        assert new["management"] != old["management"] and new["inference"] != old["inference"]
+        assert new["api"] == old["api"]  # the API key itself does not expire
+        assert _expiry(server.workdir, "inference") > expires
+
+        server.keys = new
+        assert management(server, "GET", "/models", "management").status_code == 200
+        ping = requests.get(
+            f"{server.url('inference')}/ping", headers=_bearer(new["inference"]), timeout=30
+        )
+        assert not refused(ping)
+        assert refused(
+            requests.get(
+                f"{server.url('inference')}/ping", headers=_bearer(old["inference"]), timeout=30
+            )
+        )
+    finally:
+        server.stop()
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

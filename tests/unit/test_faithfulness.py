@@ -1,0 +1,231 @@
+"""The metric code (saliency_service.metrics) on cases whose answers are known in advance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from saliency_service.attribution import vanilla_saliency
+from saliency_service.metrics import (
+    auc,
+    average_ranks,
+    blur,
+    cascading_blocks,
+    cascading_randomisation,
+    causal_curves,
+    deletion_curves,
+    insertion_curves,
+    saliency_order,
+    spearman,
+)
+from saliency_service.model import build_model
+
+SIDE = 16
+REGION = (slice(0, 4), slice(0, 4))  # the only pixels the synthetic model looks at
+HIGH, OTHER = 10.0, 5.0  # target logit with the region intact; the other class's logit
+
+
+class RegionModel(nn.Module):
+    """Two classes; class 0's logit is a weighted sum over the region, class 1's is constant.
+
+    With the region at 1 and weights summing to 1 the logit is ``HIGH`` (p(class 0) ~ 0.99); with
+    the region at 0 it is 0 (p ~ 0.007).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        weights = torch.zeros(SIDE, SIDE)
+        weights[REGION] = (torch.randperm(16) + 1.0).reshape(4, 4)
+        self.register_buffer("weights", weights / weights.sum())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = HIGH * (x.mean(dim=1) * self.weights).sum(dim=(1, 2))
+        return torch.stack([score, torch.full_like(score, OTHER)], dim=1)
+
+
+@pytest.fixture(scope="module")
+def region_model() -> RegionModel:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return RegionModel().eval()
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    x = torch.zeros(1, 3, SIDE, SIDE)
+    x[(..., *REGION)] = 1.0
+    return x
+
+
+@pytest.fixture(scope="module")
+def maps(region_model) -> dict[str, torch.Tensor]:
+    good = region_model.weights[None].clone()
+    generator = torch.Generator().manual_seed(3)
+    return {
+        "good": good,
+        "reverse": -good,
+        "random": torch.rand(1, SIDE, SIDE, generator=generator),
+    }
+
+
+TARGET = torch.tensor([0])
+
+
+def test_deletion_ranks_the_true_map_above_random_above_its_reverse(region_model, image, maps):
+    scores = {
+        name: float(deletion_curves(region_model, image, m, TARGET, pixels_per_step=4).auc[0])
+        for name, m in maps.items()
+    }
+    assert scores["good"] < scores["random"] < scores["reverse"], scores  # lower is better
+    assert scores["good"] < 0.1 and scores["reverse"] > 0.9
+
+
+def test_insertion_ranks_the_true_map_above_random_above_its_reverse(region_model, image, maps):
+    scores = {
+        name: float(insertion_curves(region_model, image, m, TARGET, pixels_per_step=4).auc[0])
+        for name, m in maps.items()
+    }
+    assert scores["good"] > scores["random"] > scores["reverse"], scores  # higher is better
+    assert scores["good"] > 0.9 and scores["reverse"] < 0.5  # the blurred image: p ~ 0.4
+
+
+def test_the_deletion_curve_of_a_known_order_is_known_exactly(region_model, image, maps):
+    curves = deletion_curves(region_model, image, maps["good"], TARGET, pixels_per_step=1)
+    weights = region_model.weights.flatten().sort(descending=True).values
+    remaining = 1 - torch.cat([torch.zeros(1), weights.cumsum(0)])  # region mass left at step k
+    expected = torch.sigmoid(HIGH * remaining.clamp(min=0) - OTHER)
+    assert curves.fractions.shape == (SIDE * SIDE + 1,)
+    torch.testing.assert_close(curves.probabilities[0], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_curves_start_and_end_at_their_endpoint_images(region_model, image, maps):
+    def probability(x: torch.Tensor) -> float:
+        return float(torch.softmax(region_model(x), dim=1)[0, 0])
+
+    deletion = deletion_curves(region_model, image, maps["random"], TARGET, pixels_per_step=7)
+    insertion = insertion_curves(region_model, image, maps["random"], TARGET, pixels_per_step=7)
+    assert float(deletion.probabilities[0, 0]) == pytest.approx(probability(image))
+    assert float(deletion.probabilities[0, -1]) == pytest.approx(probability(image * 0))
+    assert float(insertion.probabilities[0, 0]) == pytest.approx(probability(blur(image)))
+    assert float(insertion.probabilities[0, -1]) == pytest.approx(probability(image))
+    assert probability(blur(image)) < 0.5 < probability(image)  # blurring hides the region
+
+
+def test_the_last_step_may_move_fewer_pixels(region_model, image, maps):
+    curves = deletion_curves(region_model, image, maps["good"], TARGET, pixels_per_step=100)
+    torch.testing.assert_close(curves.fractions, torch.tensor([0, 100, 200, 256]) / 256)
+
+
+def test_images_and_step_batches_are_independent(region_model, image, maps):
+    images = torch.cat([image, image.flip(-1), image * 0.5])
+    stacked = torch.cat([maps["good"], maps["random"], maps["reverse"]])
+    targets = torch.tensor([0, 1, 0])
+    together = causal_curves(region_model, images, blur(images), stacked, targets, 5, 64)
+    for n in range(3):
+        alone = causal_curves(
+            region_model, images[n : n + 1], blur(images[n : n + 1]), stacked[n : n + 1],
+            targets[n : n + 1], 5, 7,
+        )  # fmt: skip
+        torch.testing.assert_close(together.probabilities[n], alone.probabilities[0])
+
+
+def test_auc_is_the_trapezoidal_area_over_the_moved_fraction() -> None:
+    fractions = torch.linspace(0, 1, 11)
+    assert float(auc(torch.ones(11), fractions)) == pytest.approx(1.0)
+    assert float(auc(1 - fractions, fractions)) == pytest.approx(0.5)
+    uneven = torch.tensor([0.0, 0.5, 1.0])
+    assert float(auc(torch.tensor([1.0, 0.0, 0.0]), uneven)) == pytest.approx(0.25)
+
+
+def test_saliency_order_ranks_the_largest_first_and_keeps_ties_in_raster_order() -> None:
+    ranks = saliency_order(torch.tensor([[[0.1, 0.9], [0.5, 0.5]]]))
+    assert ranks.tolist() == [[3, 0, 1, 2]]
+    assert saliency_order(torch.zeros(1, 2, 2)).tolist() == [[0, 1, 2, 3]]
+
+
+def test_average_ranks_share_ties() -> None:
+    ranks = average_ranks(torch.tensor([[10.0, 20.0, 20.0, 5.0], [1.0, 1.0, 1.0, 1.0]]))
+    assert ranks.tolist() == [[2.0, 3.5, 3.5, 1.0], [2.5, 2.5, 2.5, 2.5]]
+
+
+def test_spearman_matches_scipy_with_ties_and_is_invariant_to_monotone_maps() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    generator = torch.Generator().manual_seed(5)
+    a = torch.randint(0, 6, (3, 8, 9), generator=generator).float()
+    b = a + torch.randint(0, 4, (3, 8, 9), generator=generator).float()
+    ours = spearman(a, b)
+    for n in range(3):
+        expected = stats.spearmanr(a[n].flatten().numpy(), b[n].flatten().numpy()).statistic
+        assert float(ours[n]) == pytest.approx(expected, abs=1e-10)
+    torch.testing.assert_close(spearman(a, a.exp() * 3), torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(spearman(a, -a), -torch.ones(3, dtype=torch.float64))
+    assert torch.isnan(spearman(a[:1], torch.zeros(1, 8, 9))).all()
+
+
+def test_squeezenet_is_randomised_from_the_classifier_down_to_the_first_convolution() -> None:
+    assert cascading_blocks(build_model()) == [
+        "classifier.1",
+        "features.12",
+        "features.11",
+        "features.10",
+        "features.9",
+        "features.7",
+        "features.6",
+        "features.4",
+        "features.3",
+        "features.0",
+    ]
+
+
+def small_network() -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16, 5),
+        ).eval()
+
+
+def test_cascading_randomisation_replaces_one_more_block_per_step_and_spares_the_model() -> None:
+    model = small_network()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    assert cascading_blocks(model) == ["5", "2.0", "0"]
+    changed: list[list[str]] = []
+
+    def explain(network: nn.Module) -> torch.Tensor:
+        state = network.state_dict()
+        changed.append(
+            sorted({k.rsplit(".", 1)[0] for k in state if not torch.equal(state[k], original[k])})
+        )
+        return torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    steps = cascading_randomisation(model, explain, seed=4)
+    assert changed == [[], ["5"], ["2.0", "5"], ["0", "2.0", "5"]]
+    assert [s.block for s in steps] == [None, "5", "2.0", "0"]
+    torch.testing.assert_close(steps[0].correlations, torch.ones(2, dtype=torch.float64))
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, original[name])
+
+
+def test_a_map_blind_to_the_model_passes_through_randomisation_unchanged() -> None:
+    image = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    edges = (image - image.roll(1, dims=-1)).abs().amax(dim=1)  # an edge detector, no model
+    steps = cascading_randomisation(small_network(), lambda _: edges)
+    assert all(float(step.correlations[0]) == pytest.approx(1.0) for step in steps)
+
+
+def test_gradients_of_a_linear_model_lose_their_order_once_its_weights_are_redrawn() -> None:
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * SIDE * SIDE, 4)).eval()
+    image = torch.randn(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(4))
+    target = torch.tensor([2])
+    steps = cascading_randomisation(model, lambda m: vanilla_saliency(m, image, target).maps)
+    # The map is max_c |W[2]|: a new draw of W is independent of the old one.
+    assert [s.block for s in steps] == [None, "1"]
+    assert abs(float(steps[1].correlations[0])) < 0.2

@@ -1,0 +1,144 @@
+"""Saliency maps as 8-bit pictures: quantisation, colormaps, overlays, PNG."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from saliency_service.rendering import blend, colorize, png_base64, quantise
+
+
+@pytest.fixture(scope="module")
+def maps() -> torch.Tensor:
+    """Three non-negative (224, 224) maps of very different scales, the middle one all zero."""
+    generator = torch.Generator().manual_seed(11)
+    values = torch.rand(3, 224, 224, generator=generator) ** 3  # skewed like real saliency
+    values[0] *= 3e-4
+    values[1] = 0
+    values[2] *= 7.5
+    return values
+
+
+def test_quantise_shapes_and_peaks(maps) -> None:
+    pixels, peaks = quantise(maps)
+    assert isinstance(pixels, np.ndarray)
+    assert pixels.dtype == np.uint8
+    assert pixels.shape == (3, 224, 224)
+    assert len(peaks) == 3
+    for n in range(3):
+        assert peaks[n] == pytest.approx(float(maps[n].max()), rel=1e-6)
+    assert pixels[0].max() == 255
+    assert pixels[2].max() == 255
+
+
+def test_quantise_round_trip_within_half_a_level(maps) -> None:
+    """s = pixel / 255 * max recovers every value within max / 510 (rounding to nearest)."""
+    pixels, peaks = quantise(maps)
+    for n in (0, 2):
+        original = maps[n].double().numpy()
+        recovered = pixels[n] / 255.0 * peaks[n]
+        assert np.abs(recovered - original).max() <= peaks[n] / 510 * (1 + 1e-4)
+
+
+def test_quantise_is_round_255_s_over_max(maps) -> None:
+    pixels, peaks = quantise(maps)
+    for n in (0, 2):
+        exact = 255.0 * maps[n].double().numpy() / peaks[n]
+        expected = np.floor(exact + 0.5)  # round half up; exact halves are float32 coin flips
+        near_half = np.abs(exact - np.floor(exact) - 0.5) < 1e-3
+        assert (pixels[n] == expected)[~near_half].all()
+        assert np.abs(pixels[n].astype(int) - expected)[near_half].max(initial=0) <= 1
+
+
+def test_zero_map_stays_zero(maps) -> None:
+    pixels, peaks = quantise(maps)
+    assert peaks[1] == 0.0
+    assert not pixels[1].any()
+    only_zeros, zero_peaks = quantise(torch.zeros(2, 5, 7))
+    assert only_zeros.shape == (2, 5, 7)
+    assert not only_zeros.any()
+    assert zero_peaks == [0.0, 0.0]
+
+
+def test_quantise_accepts_maps_that_require_grad_and_float64(maps) -> None:
+    pixels, peaks = quantise(maps[:1])
+    tracked, tracked_peaks = quantise(maps[:1].clone().requires_grad_())
+    doubled, doubled_peaks = quantise(maps[:1].double())
+    np.testing.assert_array_equal(tracked, pixels)
+    assert tracked_peaks == peaks
+    assert np.abs(doubled.astype(int) - pixels).max() <= 1
+    assert doubled_peaks[0] == pytest.approx(peaks[0], rel=1e-6)
+
+
+def test_quantise_is_per_map(maps) -> None:
+    """Each map is scaled by its own max: a map alone quantises as inside the batch."""
+    together, _ = quantise(maps)
+    alone, _ = quantise(maps[2:3])
+    np.testing.assert_array_equal(together[2], alone[0])
+
+
+# --- colormaps ---------------------------------------------------------------------------------
+
+
+def test_hot_endpoints_and_monotone_channels() -> None:
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    colors = colorize(levels, "hot").reshape(256, 3).astype(int)
+    assert colors.shape == (256, 3)
+    assert colors[0].tolist() == [0, 0, 0]
+    assert colors[255].tolist() == [255, 255, 255]
+    assert (np.diff(colors, axis=0) >= 0).all()
+    # black -> red -> yellow -> white: red leads green, green leads blue.
+    assert (colors[:, 0] >= colors[:, 1]).all() and (colors[:, 1] >= colors[:, 2]).all()
+    assert colors[128].tolist()[0] == 255 and colors[128].tolist()[2] == 0  # past red, not blue
+
+
+def test_gray_is_the_identity() -> None:
+    levels = np.array([[0, 1, 127], [128, 254, 255]], dtype=np.uint8)
+    colors = colorize(levels, "gray")
+    assert colors.dtype == np.uint8
+    assert colors.shape == (2, 3, 3)
+    np.testing.assert_array_equal(colors, np.repeat(levels[..., None], 3, axis=2))
+
+
+def test_blend_is_the_weighted_mean() -> None:
+    crop = Image.new("RGB", (4, 3), (100, 100, 100))
+    colored = np.zeros((3, 4, 3), dtype=np.uint8)
+    colored[...] = (200, 0, 50)
+    mixed = blend(crop, colored)
+    assert mixed.dtype == np.uint8
+    assert mixed.shape == (3, 4, 3)
+    assert (mixed == (150, 50, 75)).all()
+    np.testing.assert_array_equal(blend(crop, colored, alpha=0.0), np.asarray(crop))
+    np.testing.assert_array_equal(blend(crop, colored, alpha=1.0), colored)
+
+
+# --- PNG -------------------------------------------------------------------------------------
+
+
+def decode_png(encoded: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(encoded, validate=True)))
+
+
+def test_grayscale_png_round_trip(maps) -> None:
+    pixels, _ = quantise(maps)
+    encoded = png_base64(pixels[2])
+    assert isinstance(encoded, str)
+    image = decode_png(encoded)
+    assert image.format == "PNG"
+    assert image.mode == "L"
+    assert image.size == (224, 224)
+    np.testing.assert_array_equal(np.asarray(image), pixels[2])
+
+
+def test_rgb_png_round_trip(maps) -> None:
+    pixels, _ = quantise(maps)
+    colored = colorize(pixels[0], "hot")
+    image = decode_png(png_base64(colored))
+    assert image.mode == "RGB"
+    assert image.size == (224, 224)
+    np.testing.assert_array_equal(np.asarray(image), colored)
