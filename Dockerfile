@@ -70,7 +70,8 @@ ENV PATH=/opt/saliency/venv/bin:${PATH} \
     TEMP=/tmp \
     TMPDIR=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    OMP_WAIT_POLICY=PASSIVE
 WORKDIR /home/model-server
 # The base image's non-root user, by name: its uid is the base image's business (1000 in the
 # official images); Kubernetes sets runAsUser explicitly (deploy/k8s/deployment.yaml).

@@ -35,6 +35,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import signal
 import statistics
 import subprocess
@@ -1065,8 +1066,9 @@ def render(
                     "torch.compile (inductor, default mode) of the model, forward + input "
                     "gradient: time to first answer "
                     + ", ".join(f"batch {k}: {fmt(v, 1)} s" for k, v in firsts.items())
-                    + " (batch 8 compiles; the first other size recompiles with dynamic shapes; "
-                    "later sizes reuse it). Steady state at batch 8: eager "
+                    + ", in this order, cold inductor cache (a first call that takes about a "
+                    "second reused a graph; one that takes a minute compiled one). Steady state "
+                    "at batch 8: eager "
                     f"{fmt(med(row['times']['eager']))} ms, compiled "
                     f"{fmt(med(row['times']['compiled']))} ms; forward alone eager "
                     f"{fmt(med(row['forward']['eager']))} ms, compiled "
@@ -1150,7 +1152,7 @@ def main(argv: list[str] | None = None) -> int:
         "--server-levers",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="extra servers: 1 torch thread, 2 workers (default: full mode only)",
+        help="extra servers: 1 thread, 2 workers, passive OpenMP (default: full mode only)",
     )
     parser.add_argument("--note", default="", help="a remark printed with the results")
     args = parser.parse_args(argv)
@@ -1193,7 +1195,7 @@ def main(argv: list[str] | None = None) -> int:
         process = {"stages": stages, "ratio": ratio, "levers": lever_rows}
     info["load_end"] = loadavg()
     flags = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--no-write"]
-    command = " ".join([".venv/bin/python scripts/bench.py", *flags])
+    command = shlex.join([".venv/bin/python", "scripts/bench.py", *flags])
     block = render(command, mode, info, served, process, args.note)
     block += f"\nTotal run time: {(time.monotonic() - started) / 60:.1f} min.\n"
     print(block)

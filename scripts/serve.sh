@@ -6,6 +6,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
 export PATH="$ROOT/.venv/bin:$PATH"
+# Idle OpenMP threads sleep instead of spinning: the worker shares the cores with TorchServe's
+# Java front end, and spinning threads stalled it several-fold under load (scripts/bench.py).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
 config="${TS_CONFIG:-$ROOT/config.properties}"
 pid_file="${TMPDIR:-/tmp}/.model_server.pid"
