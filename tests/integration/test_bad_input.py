@@ -330,8 +330,23 @@ def test_the_worker_survived_the_whole_matrix(api, server, first_workers) -> Non
     assert api.post(GOOD).status_code == 200
 
 
+# --- what TorchServe's front end answers before the handler (docs/errors-and-hardening.md) ------
+
+
 def test_an_unknown_model_is_a_404(api, server) -> None:
     url = f"{server.url('inference')}/predictions/no_such_model"
     headers = {"Authorization": f"Bearer {server.keys['inference']}"}
     response = api.session.post(url, data=GOOD, headers=headers, timeout=30)
     assert response.status_code == 404
+    assert response.json()["type"] == "ModelNotFoundException"
+
+
+def test_image_bytes_sent_as_a_form_are_a_500_of_the_front_end(api) -> None:
+    """curl --data-binary's default Content-Type: the front end fails to parse a form. Documented
+    with the fix (send a Content-Type); the same bytes as application/octet-stream work."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for name in ("chelsea", "coffee"):
+        response = api.post(PHOTOS[name], headers=form)
+        assert response.status_code == 500
+        assert response.json()["type"] == "ErrorDataDecoderException"
+    assert api.post(GOOD, headers={"Content-Type": "application/octet-stream"}).status_code == 200
