@@ -10,9 +10,9 @@ cannot be given keys. This script therefore runs beside the server (``docker exe
 probe) and reads that file; without one (token authorization off) it sends no token.
 
 - ready: GET <management>/models/<model>. The management key expires (token_expiration_min,
-  default 60 minutes); on an expired key the script asks for a new management key with the API
-  key (which does not expire) and retries, so probes keep working. Client (inference) keys are
-  never touched.
+  TorchServe's default 60 minutes, 7 days in our configs); on an expired key the script asks
+  for a new management key with the API key (which does not expire) and retries, so probes
+  keep working. Client (inference) keys are never touched.
 - live: GET <inference>/ping with the inference key. "Healthy" passes; an answer refusing the
   key (expired or rotated) also passes, since the server did answer; no answer, a timeout or
   "Unhealthy" (a worker that cannot be kept up) fails.
