@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 
 import numpy as np
 import torch
 from PIL import Image
 
-PNG_COMPRESS_LEVEL = 1  # maps are small; level 1 is several times faster than 6 for ~10% more bytes
+# Colour pictures (heatmap, overlay) go through Pillow: level 1 is several times faster than 6 for
+# ~10% more bytes. The grayscale map, in every answer, has its own faster writer below.
+PNG_COMPRESS_LEVEL = 1
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 OVERLAY_ALPHA = 0.5
 
 
@@ -53,8 +58,33 @@ def blend(crop: Image.Image, colored: np.ndarray, alpha: float = OVERLAY_ALPHA) 
     return np.round(mixed).astype(np.uint8)
 
 
+def gray_png(pixels: np.ndarray) -> bytes:
+    """A uint8 ``(H, W)`` array as an 8-bit grayscale PNG: rows unfiltered, zlib's RLE strategy.
+
+    Saliency maps are noise-like: PNG's per-row filters (Pillow tries several per row) cost more
+    time than they save bytes. Unfiltered rows with run-length matching encode ~3x faster than
+    Pillow at level 1 and ~10% smaller (scripts/bench.py, PNG table).
+    """
+    height, width = pixels.shape
+    rows = np.zeros((height, width + 1), dtype=np.uint8)  # a leading 0 per row: filter "None"
+    rows[:, 1:] = pixels
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    data = compressor.compress(rows.tobytes()) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray, no interlace
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = zlib.crc32(kind + payload)
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
 def png_base64(array: np.ndarray) -> str:
     """A uint8 ``(H, W)`` (grayscale) or ``(H, W, 3)`` (RGB) array as base64 PNG."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    if array.ndim == 2:
+        encoded = gray_png(np.ascontiguousarray(array, dtype=np.uint8))
+    else:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        encoded = buffer.getvalue()
+    return base64.b64encode(encoded).decode("ascii")
