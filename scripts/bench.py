@@ -1136,12 +1136,12 @@ def render(
                     cells = []
                     for colour in ("gray", "hot"):
                         found = by.get((name, colour))
-                        served = (
+                        is_current = (
                             name == SERVED_GRAY_ENCODER
                             if colour == "gray"
                             else name == f"Pillow, level {rendering.PNG_COMPRESS_LEVEL}"
                         )
-                        mark = " [current]" if served else ""
+                        mark = " [current]" if is_current else ""
                         cells += (
                             [f"{fmt(found['ms_per_map'], 2)}{mark}", fmt(found["bytes"], 0)]
                             if found
@@ -1156,8 +1156,8 @@ def render(
                     "gradient: time to first answer "
                     + ", ".join(f"batch {k}: {fmt(v, 1)} s" for k, v in firsts.items())
                     + ", in this order, cold inductor cache (a first call that takes about a "
-                    "second reused a graph; one that takes a minute compiled one). Steady state "
-                    "at batch 8: eager "
+                    "second reused a graph; one that takes tens of seconds compiled one). Steady "
+                    "state at batch 8: eager "
                     f"{fmt(med(row['times']['eager']))} ms, compiled "
                     f"{fmt(med(row['times']['compiled']))} ms; forward alone eager "
                     f"{fmt(med(row['forward']['eager']))} ms, compiled "
