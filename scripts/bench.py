@@ -1133,7 +1133,7 @@ def render(
                 w("|---|---:|---:|---:|---:|")
                 by = {(p["encoder"], p["colour"]): p for p in row["rows"]}
                 for name in dict.fromkeys(p["encoder"] for p in row["rows"]):
-                    cells = []
+                    columns = []
                     for colour in ("gray", "hot"):
                         found = by.get((name, colour))
                         is_current = (
@@ -1142,12 +1142,12 @@ def render(
                             else name == f"Pillow, level {rendering.PNG_COMPRESS_LEVEL}"
                         )
                         mark = " [current]" if is_current else ""
-                        cells += (
+                        columns += (
                             [f"{fmt(found['ms_per_map'], 2)}{mark}", fmt(found["bytes"], 0)]
                             if found
                             else ["", ""]
                         )
-                    w(f"| {name} | " + " | ".join(cells) + " |")
+                    w(f"| {name} | " + " | ".join(columns) + " |")
             else:
                 firsts = row["firsts"]
                 w("")
