@@ -912,6 +912,20 @@ def compile_lever(model: torch.nn.Module, photos: list[Photo], repeats: int) -> 
     return {"group": "compile", "firsts": firsts, "times": times, "forward": fwd, "corr": corr}
 
 
+def in_process(weights: Path, photos: list[Photo], mode: Mode, log: Callable[[str], None]) -> dict:
+    """The in-process half: stage breakdown, gradient ratio and its operators, levers."""
+    log("in process: stage breakdown")
+    service = SaliencyService(load_model(weights), Labels(torchvision_categories()))
+    service.warm_up()
+    stages = stage_breakdown(service, photos, mode.repeats)
+    log("in process: forward + gradient / forward at batch 8, and its operators")
+    x8 = photo_batch(photos, 8)
+    ratio = gradient_ratio(service.model, x8, mode.repeats * 3)
+    ratio["profile"] = op_profile(service.model, x8, mode.repeats)
+    lever_rows = levers(service, photos, mode.repeats, mode.compile, log)
+    return {"stages": stages, "ratio": ratio, "levers": lever_rows}
+
+
 # ---------------------------------------------------------------------------------------------
 # Report
 
@@ -1277,16 +1291,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-") as work:
             served = http_benchmark(photos, weights, mode, Path(work), log)
     if not args.no_inprocess:
-        log("in process: stage breakdown")
-        service = SaliencyService(load_model(weights), Labels(torchvision_categories()))
-        service.warm_up()
-        stages = stage_breakdown(service, photos, mode.repeats)
-        log("in process: forward + gradient / forward at batch 8, and its operators")
-        x8 = photo_batch(photos, 8)
-        ratio = gradient_ratio(service.model, x8, mode.repeats * 3)
-        ratio["profile"] = op_profile(service.model, x8, mode.repeats)
-        lever_rows = levers(service, photos, mode.repeats, mode.compile, log)
-        process = {"stages": stages, "ratio": ratio, "levers": lever_rows}
+        process = in_process(weights, photos, mode, log)
     info["load_end"] = loadavg()
     flags = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--no-write"]
     command = shlex.join([".venv/bin/python", "scripts/bench.py", *flags])
