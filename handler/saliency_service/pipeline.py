@@ -111,8 +111,9 @@ class SaliencyService:
         config: ServiceConfig | None = None,
     ) -> None:
         self.device = torch.device(device)
-        # channels_last: oneDNN's NHWC convolutions take ~40% less time forward and backward on
-        # CPU (docs/benchmarks.md); maps stay within one 8-bit level of the NCHW ones.
+        # channels_last: oneDNN's NHWC kernels take ~40% less time forward and backward on CPU
+        # (docs/benchmarks.md). Maps are as close to a float64 computation as NCHW ones; neither
+        # layout's float32 maps are bit-identical across batch sizes (tests/reference.py).
         self.model = (
             model.to(self.device, memory_format=torch.channels_last).eval().requires_grad_(False)
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -16,10 +17,26 @@ from saliency_service.model import build_model
 MAR = ROOT / "model_store" / f"{MODEL_NAME}.mar"
 
 
+def stale_files(mar: Path) -> list[str]:
+    """Archived handler and config files that differ from the working tree's."""
+    handler = ROOT / "handler"
+    with zipfile.ZipFile(mar) as archive:
+        return [
+            name
+            for name in archive.namelist()
+            if name.endswith((".py", ".yaml"))
+            and (handler / name).is_file()
+            and archive.read(name) != (handler / name).read_bytes()
+        ]
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if not MAR.is_file():
         pytest.fail(f"{MAR} is missing: run scripts/test.sh (or scripts/build_mar.py) first")
+    stale = stale_files(MAR)
+    if stale:  # tests of an old archive would pass or fail for the wrong code
+        pytest.fail(f"{MAR} is older than handler/ ({', '.join(stale)}): run scripts/build_mar.py")
     instance = Server(workdir=tmp_path_factory.mktemp("torchserve"), model_store=MAR.parent)
     instance.start()
     try:

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import reference
 from hardening import assert_same_answer, error_of, png_claiming, post, wait_for
 from photos import packaged_photos, png_bytes
 from PIL import Image
@@ -39,8 +40,8 @@ def eight_images() -> list[bytes]:
 IMAGES = eight_images()
 ATTEMPTS = 3
 # The answer of a request in a batch of 8 may differ from its answer alone by float summation
-# order: the 8-bit saliency map by at most a couple of levels (as in test_batching).
-LEVELS = 2
+# order (as in test_batching): see reference.assert_maps_agree.
+LEVELS = reference.MAX_LEVELS
 
 
 def b64(data: bytes) -> str:
