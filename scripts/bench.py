@@ -308,12 +308,18 @@ def run_slice(port: int, key: str, contender: Contender, concurrency: int, count
 
 @dataclass(frozen=True)
 class Variant:
-    """A server setting besides the production one, measured at concurrency 8 for (a) and (b)."""
+    """A server setting besides the production one, measured for (a) and (b) at one concurrency."""
 
     key: str
     label: str
     env: dict[str, str]  # of TorchServe and so of its workers
-    workers: int
+    workers: int = 1
+    batching: dict[str, int] = field(default_factory=dict)  # model-config.yaml overrides
+    concurrencies: tuple[int, ...] = (8,)  # where the setting matters
+
+    @property
+    def model_config(self) -> dict[str, int]:
+        return {"minWorkers": self.workers, "maxWorkers": self.workers, **self.batching}
 
 
 # The worker's OpenMP settings come from TorchServe's environment; these are the variables the
@@ -322,25 +328,31 @@ class Variant:
 OPENMP_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")
 PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
 # As served: scripts/serve.sh and the Dockerfile export OMP_WAIT_POLICY=PASSIVE.
-MAIN = Variant("", "as served: 1 worker, 2 threads, OMP_WAIT_POLICY=PASSIVE", PASSIVE, 1)
+MAIN = Variant("", "as served: 1 worker, 2 threads, OMP_WAIT_POLICY=PASSIVE", PASSIVE)
+ONE_THREAD = {"OMP_NUM_THREADS": "1", **PASSIVE}
 VARIANTS = (
     MAIN,
-    Variant("spin", "1 worker, 2 threads, OpenMP's default (spinning) waits", {}, 1),
-    Variant("t1", "1 worker, OMP_NUM_THREADS=1", {"OMP_NUM_THREADS": "1", **PASSIVE}, 1),
-    Variant("w2", "2 workers, OMP_NUM_THREADS=1", {"OMP_NUM_THREADS": "1", **PASSIVE}, 2),
+    Variant("spin", "1 worker, 2 threads, OpenMP's default (spinning) waits", {}),
+    Variant("t1", "1 worker, OMP_NUM_THREADS=1", ONE_THREAD),
+    Variant("w2", "2 workers, OMP_NUM_THREADS=1", ONE_THREAD, workers=2),
+    # A lone request waits maxBatchDelay for company: the delay is a latency cost at low load.
+    Variant(
+        "d5", "maxBatchDelay 5 ms", PASSIVE, batching={"maxBatchDelay": 5}, concurrencies=(1, 8)
+    ),
+    Variant("b16", "batchSize 16", PASSIVE, batching={"batchSize": 16}, concurrencies=(32,)),
 )
 
 
-def with_workers(mar: Path, destination: Path, workers: int) -> Path:
-    """A copy of an archive whose model-config.yaml asks for ``workers`` workers."""
+def with_model_config(mar: Path, destination: Path, values: dict[str, int]) -> Path:
+    """A copy of an archive whose model-config.yaml has these top-level values."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(mar) as source, zipfile.ZipFile(destination, "w") as target:
         for entry in source.infolist():
             data = source.read(entry)
             if entry.filename == "model-config.yaml":
                 text = data.decode()
-                for key in ("minWorkers", "maxWorkers"):
-                    text, count = re.subn(rf"(?m)^{key}: *\d+", f"{key}: {workers}", text)
+                for key, value in values.items():
+                    text, count = re.subn(rf"(?m)^{key}: *\d+", f"{key}: {value}", text)
                     if count != 1:
                         raise ValueError(f"{mar}: no single {key} line")
                 data = text.encode()
@@ -362,11 +374,11 @@ def http_benchmark(
     try:
         for variant in VARIANTS if mode.server_levers else (MAIN,):
             variant_store = store
-            if variant.workers != 1:
+            if variant.model_config != MAIN.model_config:
                 variant_store = work / f"store-{variant.key}"
                 for model in (OURS, STOCK):
                     mar = store / f"{model}.mar"
-                    with_workers(mar, variant_store / mar.name, variant.workers)
+                    with_model_config(mar, variant_store / mar.name, variant.model_config)
             server = Server(
                 workdir=work / f"server-{variant.key or 'main'}",
                 model_store=variant_store,
@@ -452,14 +464,17 @@ def drive(
         return run_slice(port, token, pool[name], concurrency, count)
 
     fast = ["a_stock", "a_ours", "b"]
-    levers = [
-        f"{n}@{v.key}" for v in VARIANTS if v.key in servers and v.key for n in ("a_stock", "b")
-    ]
-    for key in fast + levers:  # every batch size up to 8 once: lazy set-up is paid before
+    levers = {
+        f"{n}@{v.key}": v.concurrencies
+        for v in VARIANTS
+        if v.key in servers and v.key
+        for n in ("a_stock", "b")
+    }
+    for key in fast + list(levers):  # every batch size up to 8 once: lazy set-up is paid before
         run(key, 8, 24)
     cells: dict[tuple[str, int], Cell] = {}
     for concurrency in CONCURRENCY:
-        names = fast + (levers if concurrency == 8 else [])
+        names = fast + [key for key, at in levers.items() if concurrency in at]
         for round_ in range(mode.rounds):
             shift = round_ % len(names)
             for name in names[shift:] + names[:shift]:
@@ -1056,19 +1071,31 @@ def render(
             )
         w("")
     if served and any("@" in key for key, _ in served["cells"]):
-        w("Server settings as a lever (all contenders of a row on one server; concurrency 8):")
+        w(
+            "Server settings as a lever (both contenders of a row on one server, in the same "
+            "round-robin as the main table; each setting at the concurrency where it matters, "
+            "after the production server's row at that concurrency):"
+        )
         w("")
-        w("| server setting | (a) stock req/s | (b) ours req/s | b/a | (b) p50 ms | (b) p95 ms |")
-        w("|---|---:|---:|---:|---:|---:|")
-        for variant in VARIANTS:
-            suffix = f"@{variant.key}" if variant.key else ""
-            a, b = cells.get((f"a_stock{suffix}", 8)), cells.get((f"b{suffix}", 8))
-            if a is None or b is None:
-                continue
-            w(
-                f"| {variant.label} | {fmt(a.rate)} | {fmt(b.rate)} | {fmt(b.rate / a.rate, 2)} | "
-                f"{fmt(b.percentile(50), 0)} | {fmt(b.percentile(95), 0)} |"
-            )
+        w(
+            "| server setting | concurrency | (a) stock req/s | (b) ours req/s | b/a | (a) p50 ms "
+            "| (b) p50 ms | (b) p95 ms |"
+        )
+        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for concurrency in sorted({c for v in VARIANTS[1:] for c in v.concurrencies}):
+            for variant in VARIANTS:
+                if variant.key and concurrency not in variant.concurrencies:
+                    continue
+                suffix = f"@{variant.key}" if variant.key else ""
+                a = cells.get((f"a_stock{suffix}", concurrency))
+                b = cells.get((f"b{suffix}", concurrency))
+                if a is None or b is None:
+                    continue
+                w(
+                    f"| {variant.label} | {concurrency} | {fmt(a.rate)} | {fmt(b.rate)} | "
+                    f"{fmt(b.rate / a.rate, 2)} | {fmt(a.percentile(50), 0)} | "
+                    f"{fmt(b.percentile(50), 0)} | {fmt(b.percentile(95), 0)} |"
+                )
         w("")
     if process:
         w(f"### In process (server stopped): milliseconds per batch, median of {mode.repeats} runs")
@@ -1257,7 +1284,7 @@ def main(argv: list[str] | None = None) -> int:
         "--server-levers",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="extra servers: spinning OpenMP, 1 thread, 2 workers (default: full mode only)",
+        help="extra servers: OpenMP, workers, batching (default: full mode only)",
     )
     parser.add_argument("--note", default="", help="a remark printed with the results")
     args = parser.parse_args(argv)

@@ -19,8 +19,9 @@ def synthetic_served() -> dict:
     sizes = {"a_stock": 180, "a_ours": 500, "b": 45_000, "c": 4_500_000}
     cells = {(k, c): cell(rates[k], sizes[k]) for k in rates for c in bench.CONCURRENCY}
     for variant in bench.VARIANTS[1:]:
-        cells[(f"a_stock@{variant.key}", 8)] = cell(30.0, 180)
-        cells[(f"b@{variant.key}", 8)] = cell(24.0, 45_000)
+        for concurrency in variant.concurrencies:
+            cells[(f"a_stock@{variant.key}", concurrency)] = cell(30.0, 180)
+            cells[(f"b@{variant.key}", concurrency)] = cell(24.0, 45_000)
     settings = {"batchSize": 8, "maxBatchDelay": 20, "workers": 1}
     return {
         "settings": {bench.OURS: settings, bench.STOCK: settings},
