@@ -35,14 +35,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def read_properties(path: Path) -> dict[str, str]:
+def parse_properties(text: str) -> dict[str, str]:
+    """``key=value`` lines of a Java properties text; comments and blank lines skipped."""
     values = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#") and "=" in line:
             key, value = line.split("=", 1)
             values[key.strip()] = value.strip()
     return values
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    return parse_properties(path.read_text())
 
 
 def with_ports(config_text: str, ports: dict[str, int]) -> str:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from torchserve_ctl import read_properties
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -159,22 +160,9 @@ def test_base_image_is_the_pinned_official_torchserve_and_user_is_not_root() -> 
     assert any(key == "HEALTHCHECK" for key, _ in instructions())
 
 
-def merged_properties(*texts: str) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for text in texts:
-        for line in text.splitlines():
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, value = line.split("=", 1)
-                values[key.strip()] = value.strip()
-    return values
-
-
 def test_container_config_exposes_inference_only_and_keeps_the_protections() -> None:
     """The image's config: the repository's config.properties + container.properties."""
-    config = merged_properties(
-        (ROOT / "config.properties").read_text(), CONTAINER_PROPERTIES.read_text()
-    )
+    config = read_properties(ROOT / "config.properties") | read_properties(CONTAINER_PROPERTIES)
     assert config["inference_address"] == "http://0.0.0.0:8080"
     assert config["management_address"].startswith("http://127.0.0.1:")
     assert config["metrics_address"].startswith("http://127.0.0.1:")

@@ -17,6 +17,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from torchserve_ctl import parse_properties
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -43,16 +44,6 @@ def resource(kind: str) -> dict:
 def containers() -> dict[str, dict]:
     spec = resource("Deployment")["spec"]["template"]["spec"]
     return {c["name"]: c for c in spec["containers"]}
-
-
-def properties(text: str) -> dict[str, str]:
-    values = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            values[key.strip()] = value.strip()
-    return values
 
 
 def port_of(address: str) -> int:
@@ -148,7 +139,7 @@ def test_torchserve_gets_a_gpu_and_exec_probes_with_the_image_healthcheck() -> N
 
 def test_ports_and_names_agree_across_files() -> None:
     configmap = resource("ConfigMap")
-    overrides = properties(configmap["data"]["ts-overrides.properties"])
+    overrides = parse_properties(configmap["data"]["ts-overrides.properties"])
     nginx = configmap["data"]["nginx.conf"]
     torchserve, proxy = containers()["torchserve"], containers()["auth-proxy"]
 

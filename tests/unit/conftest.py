@@ -7,27 +7,17 @@ scikit-image.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from hardening import encode
 
 from saliency_service.labels import Labels, torchvision_categories
 from saliency_service.model import build_model
 
 SEED = 1234
-
-
-def encode(image: Image.Image | np.ndarray, fmt: str = "PNG", **params) -> bytes:
-    """An image (PIL or uint8 array) encoded in ``fmt`` with Pillow."""
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **params)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -9,7 +9,6 @@ headers claim other sizes, and random JSON documents, raw or carrying those imag
 from __future__ import annotations
 
 import base64
-import io
 import json
 import struct
 import time
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hardening import encode, png_claiming
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -41,12 +41,6 @@ FUZZ = settings(
 )
 
 
-def _encode(image: Image.Image, fmt: str, **params: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **params)
-    return buffer.getvalue()
-
-
 def _seeds() -> dict[str, bytes]:
     """Real photos, shrunk, in every format and mode the service decodes."""
     from skimage import data
@@ -58,18 +52,18 @@ def _seeds() -> dict[str, bytes]:
     gray16 = np.asarray(cup.convert("L"), dtype=np.uint16) * 257
     palette = cat.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     return {
-        "png": _encode(cat, "PNG"),
-        "jpeg": _encode(cup, "JPEG", quality=80),
-        "progressive": _encode(cat, "JPEG", progressive=True),
-        "exif": _encode(cat, "JPEG", exif=exif),
-        "cmyk": _encode(cup.convert("CMYK"), "JPEG"),
-        "gray16": _encode(Image.fromarray(gray16), "PNG"),
-        "palette": _encode(palette, "PNG", transparency=0),
-        "rgba": _encode(cup.convert("RGBA"), "PNG"),
-        "gif": _encode(cat, "GIF", save_all=True, append_images=[cat.rotate(90)]),
-        "webp": _encode(cup, "WEBP", quality=70),
-        "bmp": _encode(cup, "BMP"),
-        "tiff": _encode(cup, "TIFF"),
+        "png": encode(cat, "PNG"),
+        "jpeg": encode(cup, "JPEG", quality=80),
+        "progressive": encode(cat, "JPEG", progressive=True),
+        "exif": encode(cat, "JPEG", exif=exif),
+        "cmyk": encode(cup.convert("CMYK"), "JPEG"),
+        "gray16": encode(Image.fromarray(gray16), "PNG"),
+        "palette": encode(palette, "PNG", transparency=0),
+        "rgba": encode(cup.convert("RGBA"), "PNG"),
+        "gif": encode(cat, "GIF", save_all=True, append_images=[cat.rotate(90)]),
+        "webp": encode(cup, "WEBP", quality=70),
+        "bmp": encode(cup, "BMP"),
+        "tiff": encode(cup, "TIFF"),
     }
 
 
@@ -210,20 +204,6 @@ def test_random_requests_parse_and_decode_or_raise_request_error(row: dict) -> N
 
 
 # --- resource abuse, in process -----------------------------------------------------------------
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A valid-looking PNG header for a width x height RGB image, with ten rows of data."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload)
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    rows = zlib.compress(b"\0" * (width * 3 + 1) * 10, 9)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-    )
 
 
 def test_decompression_bomb_is_refused_before_decoding() -> None:
