@@ -25,7 +25,7 @@ def smoothgrad(
         y = int(model(x[None]).argmax()) if target is None else target
     generator = torch.Generator().manual_seed(seed)
     sigma = noise * float(x.max() - x.min())
-    total = torch.zeros(x.shape[1:])
+    total = torch.zeros(x.shape[1:], dtype=x.dtype)
     for _ in range(samples):
         copy = x.clone()
         if sigma:

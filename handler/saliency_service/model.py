@@ -8,6 +8,10 @@ import torch
 from torch import nn
 from torchvision.models import squeezenet1_1
 
+# Grad-CAM's layer: the last Fire module, 512 x 13 x 13 for a 224 x 224 input; after it come only
+# dropout, the 1x1 classifier convolution and global pooling.
+CAM_LAYER = "features.12"
+
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a SqueezeNet 1.1 ``state_dict`` (tensors only: no pickled code is executed)."""

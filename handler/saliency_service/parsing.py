@@ -10,24 +10,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import errors
 from .attribution.objectives import OBJECTIVES
-from .attribution.smoothgrad import DEFAULT_NOISE, DEFAULT_SAMPLES
 from .labels import Labels, check_index
+from .methods import DEFAULT_METHOD, METHODS, method_options, owners_of
+from .values import boolean, bounded_int, choice
 
 IMAGE_FIELDS = ("image", "data", "body")
 COLORMAPS = ("gray", "hot")
-METHODS = ("smoothgrad", "vanilla")
-SMOOTHGRAD_OPTIONS = ("samples", "noise", "seed")  # meaningful with method "smoothgrad" only
-MAX_SEED = 2**31 - 1
-TRUE_WORDS = {"true", "1", "yes", "on"}
-FALSE_WORDS = {"false", "0", "no", "off"}
 
 
 @dataclass(frozen=True)
@@ -36,12 +30,13 @@ class RequestLimits:
 
     max_image_bytes: int = 8 * 1024 * 1024
     max_topk: int = 20
-    max_samples: int = 50  # SmoothGrad copies per request: ~20-40 ms each on 2 CPU cores
+    max_samples: int = 50  # noisy copies per request (SmoothGrad family): one gradient each
+    max_steps: int = 256  # Integrated Gradients' path points per request: one gradient each
 
 
 @dataclass(frozen=True)
 class Options:
-    """Every option a request may set, at its default."""
+    """Every option a request may set, at its default; ``settings`` are the method's own."""
 
     target: int | None = None  # None: the predicted class
     topk: int = 5
@@ -49,13 +44,11 @@ class Options:
     colormap: str = "gray"
     overlay: bool = False
     saliency: bool = True  # False: classification only, no backward pass
-    method: str = "vanilla"  # or "smoothgrad" (Smilkov et al. 2017)
-    samples: int = DEFAULT_SAMPLES  # SmoothGrad: noisy copies averaged
-    noise: float = DEFAULT_NOISE  # SmoothGrad: sigma as a fraction of the input's max - min
-    seed: int | None = None  # SmoothGrad: None until the service draws one (and reports it)
+    method: str = DEFAULT_METHOD
+    settings: Mapping[str, Any] = field(default_factory=METHODS[DEFAULT_METHOD].defaults)
 
 
-OPTION_NAMES = [name for name in Options.__dataclass_fields__]
+GENERAL_OPTIONS = [name for name in Options.__dataclass_fields__ if name != "settings"]
 
 
 @dataclass(frozen=True)
@@ -168,34 +161,38 @@ def decode_base64(text: str, max_bytes: int) -> bytes:
 
 def parse_options(raw: Mapping[str, Any], labels: Labels, limits: RequestLimits) -> Options:
     """Validate option values given as JSON values or as multipart strings."""
-    unknown = [name for name in raw if name not in OPTION_NAMES]
+    known = GENERAL_OPTIONS + sorted(method_options())
+    unknown = [name for name in raw if name not in known]
     if unknown:
-        raise errors.unknown_option(unknown[0], OPTION_NAMES)
+        raise errors.unknown_option(unknown[0], known)
     values: dict[str, Any] = {}
     if raw.get("target") is not None:
         values["target"] = _target(raw["target"], labels)
     if "topk" in raw:
-        values["topk"] = _bounded_int("topk", raw["topk"], 1, limits.max_topk)
+        values["topk"] = bounded_int("topk", raw["topk"], 1, limits.max_topk)
     if "objective" in raw:
-        values["objective"] = _choice("objective", raw["objective"], sorted(OBJECTIVES))
+        values["objective"] = choice("objective", raw["objective"], sorted(OBJECTIVES))
     if "colormap" in raw:
-        values["colormap"] = _choice("colormap", raw["colormap"], COLORMAPS)
+        values["colormap"] = choice("colormap", raw["colormap"], COLORMAPS)
     for name in ("overlay", "saliency"):
         if name in raw:
-            values[name] = _boolean(name, raw[name])
+            values[name] = boolean(name, raw[name])
+    method = METHODS[DEFAULT_METHOD]
     if "method" in raw:
-        values["method"] = _choice("method", raw["method"], METHODS)
-    if values.get("method", Options.method) != "smoothgrad":
-        given = [name for name in SMOOTHGRAD_OPTIONS if name in raw]
-        if given:
-            raise errors.invalid_option(given[0], "applies to method 'smoothgrad' only")
-    if "samples" in raw:
-        values["samples"] = _bounded_int("samples", raw["samples"], 1, limits.max_samples)
-    if "noise" in raw:
-        values["noise"] = _fraction("noise", raw["noise"])
-    if raw.get("seed") is not None:
-        values["seed"] = _bounded_int("seed", raw["seed"], 0, MAX_SEED)
-    return Options(**values)
+        method = METHODS[choice("method", raw["method"], list(METHODS))]
+        values["method"] = method.name
+    settings = method.defaults()
+    for name in raw:
+        if name in GENERAL_OPTIONS:
+            continue
+        if name not in settings:
+            owners = ", ".join(owners_of(name))
+            raise errors.invalid_option(name, f"applies to method {owners} only")
+    bounds = asdict(limits)
+    for option in method.options:
+        if raw.get(option.name) is not None:  # null: the default
+            settings[option.name] = option.parse(raw[option.name], bounds)
+    return Options(**values, settings=settings)
 
 
 def _target(value: Any, labels: Labels) -> int:
@@ -208,51 +205,3 @@ def _target(value: Any, labels: Labels) -> int:
     if isinstance(value, str) and value.strip():
         return labels.resolve(value)
     raise errors.invalid_option("target", "must be a class index 0-999 or a class name")
-
-
-def _bounded_int(name: str, value: Any, low: int, high: int) -> int:
-    number: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str):
-        number = parse_integer(value)
-    if number is None or not low <= number <= high:
-        raise errors.invalid_option(name, f"must be an integer {low}-{high}, got {value!r:.40}")
-    return number
-
-
-def _fraction(name: str, value: Any) -> float:
-    number: float | None = None
-    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        try:
-            number = float(value.strip() if isinstance(value, str) else value)
-        except (ValueError, OverflowError):  # "abc", 10**400
-            number = None
-    if number is None or not math.isfinite(number) or not 0.0 <= number <= 1.0:
-        raise errors.invalid_option(name, f"must be a number 0-1, got {value!r:.40}")
-    return number
-
-
-INTEGER = re.compile(r"[+-]?[0-9]{1,12}")
-
-
-def parse_integer(text: str) -> int | None:
-    """A plain ASCII decimal integer, or None (no "+-5", no superscripts, no 4000 digits)."""
-    text = text.strip()
-    return int(text) if INTEGER.fullmatch(text) else None
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) -> str:
-    if isinstance(value, str) and value.strip().lower() in choices:
-        return value.strip().lower()
-    raise errors.invalid_option(name, f"must be one of {', '.join(choices)}, got {value!r:.40}")
-
-
-def _boolean(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
-        return value.strip().lower() in TRUE_WORDS
-    raise errors.invalid_option(name, f"must be true or false, got {value!r:.40}")

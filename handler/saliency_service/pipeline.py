@@ -7,7 +7,6 @@ keeps one bad request from touching its neighbours, and times the stages.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,11 +19,12 @@ import torch
 from torch import nn
 
 from . import images, rendering
-from .attribution import PREDICTED, SaliencyResult, smoothgrad_saliency, vanilla_saliency
+from .attribution import PREDICTED, vanilla_saliency
 from .errors import RequestError
 from .labels import Labels
-from .model import load_model
-from .parsing import MAX_SEED, Options, RequestLimits, SaliencyRequest, parse_request
+from .methods import METHODS, ExplainContext, Explanation, Job, explain
+from .model import CAM_LAYER, load_model
+from .parsing import Options, RequestLimits, SaliencyRequest, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,10 @@ STAGES = ("decode", "forward_backward", "encode")
 class ServiceConfig:
     image_limits: images.ImageLimits = field(default_factory=images.ImageLimits)
     request_limits: RequestLimits = field(default_factory=RequestLimits)
-    # At most this many images per forward/backward pass of SmoothGrad's noisy copies: on CPU
-    # ~15-20 MB of activations each, and batches past ~16-32 images are no faster per image.
+    # At most this many images per forward/backward pass of noisy copies and path points: on
+    # CPU ~15-20 MB of activations each, and batches past ~16-32 images are no faster per image.
     max_gradient_batch: int = 32
+    cam_layer: str | None = CAM_LAYER  # the submodule Grad-CAM explains
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ServiceConfig:
@@ -46,13 +47,15 @@ class ServiceConfig:
         max_pixels = int(values.get("max_image_pixels", images.ImageLimits.max_pixels))
         max_topk = int(values.get("max_topk", RequestLimits.max_topk))
         max_samples = int(values.get("max_samples", RequestLimits.max_samples))
+        max_steps = int(values.get("max_steps", RequestLimits.max_steps))
         max_gradient_batch = int(values.get("max_gradient_batch", cls.max_gradient_batch))
-        if max_samples < 1 or max_gradient_batch < 1:
-            raise ValueError("max_samples and max_gradient_batch must be >= 1")
+        if min(max_samples, max_steps, max_gradient_batch) < 1:
+            raise ValueError("max_samples, max_steps and max_gradient_batch must be >= 1")
         return cls(
             images.ImageLimits(max_bytes, max_pixels),
-            RequestLimits(max_bytes, max_topk, max_samples),
+            RequestLimits(max_bytes, max_topk, max_samples, max_steps),
             max_gradient_batch,
+            values.get("cam_layer", cls.cam_layer),
         )
 
 
@@ -98,6 +101,7 @@ class _Outputs:
     target_scores: list[float]
     map_pixels: np.ndarray | None  # (N, H, W) uint8
     map_peaks: list[float] | None
+    extras: list[dict[str, Any]]  # per item: what its method adds to "saliency"
 
 
 class SaliencyService:
@@ -111,6 +115,10 @@ class SaliencyService:
         config: ServiceConfig | None = None,
     ) -> None:
         self.device = torch.device(device)
+        # The service owns the model from here on: it is moved and re-laid out in place. Inputs
+        # take its dtype (float32 in production; tests run float64 models where exactness is
+        # the point).
+        self.dtype = next(model.parameters()).dtype
         # channels_last: oneDNN's NHWC kernels take ~40% less time forward and backward on CPU
         # (docs/benchmarks.md). Maps are as close to a float64 computation as NCHW ones; neither
         # layout's float32 maps are bit-identical across batch sizes (tests/reference.py).
@@ -120,6 +128,13 @@ class SaliencyService:
         self.labels = labels
         self.config = config or ServiceConfig()
         self.last_report = BatchReport()
+        layer_name = self.config.cam_layer
+        self.context = ExplainContext(
+            chunk_size=self.config.max_gradient_batch,
+            black=_normalised_black().to(self.device, self.dtype),
+            cam_layer=self.model.get_submodule(layer_name) if layer_name else None,
+            cam_layer_name=layer_name,
+        )
 
     @classmethod
     def from_files(
@@ -167,10 +182,12 @@ class SaliencyService:
 
     def _prepare(self, index: int, row: Mapping[str, Any]) -> _Item:
         request: SaliencyRequest = parse_request(row, self.labels, self.config.request_limits)
-        image = images.decode(request.image, self.config.image_limits)
         options = request.options
-        if options.method == "smoothgrad" and options.seed is None:
-            options = replace(options, seed=secrets.randbelow(MAX_SEED + 1))  # reported back
+        if options.saliency:
+            method = METHODS[options.method]
+            method.check(self.context)
+            options = replace(options, settings=method.settle(options.settings))  # reported back
+        image = images.decode(request.image, self.config.image_limits)
         return _Item(index, options, images.preprocess(image))
 
     def _answer(self, items: list[_Item], report: BatchReport) -> list[Answer]:
@@ -183,69 +200,59 @@ class SaliencyService:
             ]
 
     def model_input(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        """A batch on the model's device, in the model's channels_last layout."""
-        return torch.stack(tensors).to(self.device).contiguous(memory_format=torch.channels_last)
+        """A batch on the model's device, in its dtype and its channels_last layout."""
+        batch = torch.stack(tensors).to(self.device, self.dtype)
+        return batch.contiguous(memory_format=torch.channels_last)
 
     def _run_model(self, items: list[_Item]) -> _Outputs:
-        """One forward (and, if any request wants a map, one backward) for the whole batch.
+        """Classification for every item, explanations for those that want one.
 
-        Requests for SmoothGrad maps are computed together: their noisy copies share passes of at
-        most ``max_gradient_batch`` images. All other requests share one vanilla pass.
+        Requests of single-pass methods (vanilla, Grad-CAM) share one forward and one backward
+        pass; requests of sampled methods (SmoothGrad family, Integrated Gradients) share
+        chunked passes of at most ``max_gradient_batch`` images (``methods.engine``).
+        Classification-only requests take one forward pass without gradients.
         """
-        options = [item.options for item in items]
         inputs = self.model_input([item.image.tensor for item in items])
+        explained = [n for n, item in enumerate(items) if item.options.saliency]
+        plain = [n for n, item in enumerate(items) if not item.options.saliency]
+        logits = torch.empty(len(items), 0, device=self.device)
+        targets = [0] * len(items)
+        extras: list[dict[str, Any]] = [{} for _ in items]
         pixels = peaks = None
-        if any(o.saliency for o in options):
-            result = self._saliency(inputs, options)
-            logits, targets = result.logits, result.targets
-            pixels, peaks = rendering.quantise(result.maps)
-        else:
-            logits = self.model(inputs)
-            targets = logits.argmax(dim=1)
+        if explained:
+            jobs = [self._job(items[n], inputs[n]) for n in explained]
+            explanations: list[Explanation] = explain(self.model, jobs, self.context)
+            logits = torch.zeros(len(items), explanations[0].logits.shape[0], device=self.device)
+            maps = torch.zeros(
+                len(items), *inputs.shape[2:], dtype=inputs.dtype, device=self.device
+            )
+            for n, explanation in zip(explained, explanations, strict=True):
+                logits[n] = explanation.logits
+                maps[n] = explanation.map
+                targets[n] = explanation.target
+                extras[n] = explanation.extra
+            pixels, peaks = rendering.quantise(maps)
+        if plain:
+            plain_logits = self.model(inputs[plain])
+            if not explained:
+                logits = plain_logits
+            else:
+                logits[torch.tensor(plain, device=self.device)] = plain_logits.to(logits.dtype)
+            for row, n in enumerate(plain):
+                targets[n] = int(plain_logits[row].argmax())
         probabilities = torch.softmax(logits.float(), dim=1)
-        top_p, top_i = probabilities.topk(max(o.topk for o in options), dim=1)
-        scores = logits.gather(1, targets[:, None]).squeeze(1)
+        top_p, top_i = probabilities.topk(max(item.options.topk for item in items), dim=1)
+        index = torch.tensor(targets, device=self.device)
+        scores = logits.gather(1, index[:, None]).squeeze(1)
         return _Outputs(
-            top_i.tolist(), top_p.tolist(), targets.tolist(), scores.tolist(), pixels, peaks
+            top_i.tolist(), top_p.tolist(), targets, scores.tolist(), pixels, peaks, extras
         )
 
-    def _saliency(self, inputs: torch.Tensor, options: list[Options]) -> SaliencyResult:
-        """Maps, logits and targets of the batch, in its order, from one call per method."""
-        requested = torch.tensor([PREDICTED if o.target is None else o.target for o in options])
-        smooth = [n for n, o in enumerate(options) if o.saliency and o.method == "smoothgrad"]
-        plain = [n for n in range(len(options)) if n not in smooth]
-        parts: list[tuple[list[int], SaliencyResult]] = []
-        if smooth:
-            chosen = [options[n] for n in smooth]
-            smoothed = smoothgrad_saliency(
-                self.model,
-                inputs[smooth],
-                requested[smooth],
-                [o.objective for o in chosen],
-                samples=[o.samples for o in chosen],
-                noise=[o.noise for o in chosen],
-                seeds=[o.seed for o in chosen],
-                chunk_size=self.config.max_gradient_batch,
-            )
-            parts.append((smooth, smoothed))
-        if plain and any(options[n].saliency for n in plain):
-            objectives = [options[n].objective for n in plain]
-            parts.append(
-                (plain, vanilla_saliency(self.model, inputs[plain], requested[plain], objectives))
-            )
-        elif plain:  # classification only: no backward pass
-            logits = self.model(inputs[plain])
-            maps = torch.zeros(len(plain), *inputs.shape[2:], device=inputs.device)
-            parts.append((plain, SaliencyResult(maps, logits, logits.argmax(dim=1))))
-        if len(parts) == 1:
-            return parts[0][1]
-        where = torch.tensor([n for group, _ in parts for n in group]).argsort().to(inputs.device)
-        return SaliencyResult(
-            *(
-                torch.cat([getattr(r, name) for _, r in parts])[where]
-                for name in ("maps", "logits", "targets")
-            )
-        )
+    def _job(self, item: _Item, inputs: torch.Tensor) -> Job:
+        options = item.options
+        target = PREDICTED if options.target is None else options.target
+        method = METHODS[options.method]
+        return Job(inputs, method, options.settings, target, options.objective)
 
     def _body(self, n: int, item: _Item, outputs: _Outputs, batch_size: int) -> dict:
         options = item.options
@@ -264,7 +271,13 @@ class SaliencyService:
                 "score": outputs.target_scores[n],
             }
             body.update(
-                _pictures(outputs.map_pixels[n], outputs.map_peaks[n], options, item.image.crop)
+                _pictures(
+                    outputs.map_pixels[n],
+                    outputs.map_peaks[n],
+                    options,
+                    outputs.extras[n],
+                    item.image.crop,
+                )
             )
         return body
 
@@ -272,7 +285,13 @@ class SaliencyService:
         return {"index": index, "label": self.labels[index], "probability": probability}
 
 
-def _pictures(pixels: np.ndarray, peak: float, options: Options, crop: images.Image.Image) -> dict:
+def _pictures(
+    pixels: np.ndarray,
+    peak: float,
+    options: Options,
+    extra: Mapping[str, Any],
+    crop: images.Image.Image,
+) -> dict:
     """The map as grayscale PNG, plus the heatmap and overlay a request asked for."""
     height, width = pixels.shape
     pictures: dict[str, Any] = {
@@ -285,8 +304,7 @@ def _pictures(pixels: np.ndarray, peak: float, options: Options, crop: images.Im
             "method": options.method,
         },
     }
-    if options.method == "smoothgrad":
-        pictures["saliency"].update(samples=options.samples, noise=options.noise, seed=options.seed)
+    pictures["saliency"].update(METHODS[options.method].describe(options.settings), **extra)
     if options.colormap != "gray" or options.overlay:
         colored = rendering.colorize(pixels, options.colormap)
         if options.colormap != "gray":
@@ -301,6 +319,12 @@ def _pictures(pixels: np.ndarray, peak: float, options: Options, crop: images.Im
                 "alpha": rendering.OVERLAY_ALPHA,
             }
     return pictures
+
+
+def _normalised_black() -> torch.Tensor:
+    """A black image in the model's input space: ``(0 - mean) / std`` per channel, (C, 1, 1)."""
+    mean, std = torch.tensor(images.IMAGENET_MEAN), torch.tensor(images.IMAGENET_STD)
+    return (-mean / std).view(-1, 1, 1)
 
 
 def _internal_error() -> Answer:

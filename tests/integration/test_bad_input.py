@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -31,9 +32,14 @@ def chelsea() -> Image.Image:
     return Image.fromarray(data.chelsea())  # 451 x 300
 
 
-@pytest.fixture(scope="module")
-def first_workers(server) -> list[int]:
-    return server.worker_pids()
+@pytest.fixture(scope="module", autouse=True)
+def first_workers(server, api) -> Iterator[list[int]]:
+    """The worker PIDs before this module; after it (whatever order its tests ran in), the same
+    worker must still be there and answer."""
+    before = server.worker_pids()
+    yield before
+    assert server.worker_pids() == before, "a request of this module restarted the worker"
+    assert api.post(GOOD).status_code == 200, "the worker no longer answers a good request"
 
 
 # --- malformed requests: 4xx with a code -------------------------------------------------------
@@ -323,11 +329,6 @@ def test_json_with_a_huge_string_gets_a_short_error(api, where) -> None:
     status, _ = error_of(response)
     assert status == 400
     assert len(response.content) < 1000
-
-
-def test_the_worker_survived_the_whole_matrix(api, server, first_workers) -> None:
-    assert server.worker_pids() == first_workers
-    assert api.post(GOOD).status_code == 200
 
 
 # --- what TorchServe's front end answers before the handler (docs/errors-and-hardening.md) ------

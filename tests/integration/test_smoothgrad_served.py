@@ -80,7 +80,7 @@ def test_multipart_options_reach_smoothgrad_as_json_ones_do(api) -> None:
         {"method": "smoothgrad", "samples": 51},
         {"method": "smoothgrad", "noise": 2},
         {"method": "smoothgrad", "seed": -5},
-        {"method": "gradcam"},
+        {"method": "occlusion"},
         {"samples": 5},
     ],
 )

@@ -7,6 +7,8 @@ scikit-image.
 
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -18,28 +20,46 @@ from saliency_service.labels import Labels, torchvision_categories
 from saliency_service.model import build_model
 
 SEED = 1234
+# Intra-op threads of the unit tests. Small batches gain little from more, while on a busy 2-core
+# machine two OpenMP threads thrash (suite measured there: 110 s with 2, 28 s with 1). Results
+# must not depend on it: SALIENCY_TEST_THREADS=2 runs the suite with two.
+THREADS = int(os.environ.get("SALIENCY_TEST_THREADS", "1"))
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Unit tests run small batches, which gain little from more intra-op threads, while on a
-    busy 2-core machine two OpenMP threads thrash (suite measured there: 110 s with 2, 28 s with 1).
-    The previous setting comes back after each module, for whatever runs next."""
+def torch_threads():
+    """The previous setting comes back after each module, for whatever runs next."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     yield
     torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")
-def model() -> torch.nn.Module:
-    """SqueezeNet 1.1, eval mode, frozen, randomly initialised from a fixed seed.
-
-    ``fork_rng`` keeps the global random state of the other tests untouched.
-    """
+def pristine_model() -> torch.nn.Module:
+    """SqueezeNet 1.1, eval mode, frozen, randomly initialised from a fixed seed; never handed
+    out itself. ``fork_rng`` keeps the global random state of the other tests untouched."""
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
         return build_model()
+
+
+@pytest.fixture(scope="module")
+def model(pristine_model: torch.nn.Module) -> torch.nn.Module:
+    """A float32 copy of its own for each module. A ``SaliencyService`` owns its model and
+    re-lays it out in place (channels_last): one shared instance made every later module's
+    results depend on which modules ran before it."""
+    return copy.deepcopy(pristine_model)
+
+
+@pytest.fixture(scope="module")
+def exact_model(pristine_model: torch.nn.Module) -> torch.nn.Module:
+    """The same weights in float64, for comparisons whose point is exactness (batched against
+    one at a time, vectorised against naive). In float32 those differ by more than rounding on
+    some CPUs: near-ties in max pooling route a patch's gradient through the other branch
+    depending on the kernel's summation order (tests/reference.py); in float64 the near-ties
+    that float32 rounding can flip are ~1e9 times rarer and smaller."""
+    return copy.deepcopy(pristine_model).double()
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ at a time, ``.backward()``) on the same seeded random-init model, never from the
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 from typing import Any
@@ -35,7 +36,7 @@ class Reference:
 
     def __init__(self, model, data: bytes, target: int | None = None, objective: str = "score"):
         self.crop = RESIZE_CROP(Image.open(io.BytesIO(data)).convert("RGB"))
-        x = TO_INPUT(self.crop).requires_grad_()
+        x = TO_INPUT(self.crop).to(next(model.parameters()).dtype).requires_grad_()
         logits = model(x[None])
         self.target = int(logits.argmax()) if target is None else target
         if objective == "score":
@@ -57,8 +58,15 @@ def b64(data: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
+def model(exact_model: torch.nn.Module) -> torch.nn.Module:
+    """float64: batched against alone and service against reference are about exactness (see
+    tests/unit/test_attribution.py); what is left is float32 softmax and 8-bit quantisation."""
+    return exact_model
+
+
+@pytest.fixture(scope="module")
 def service(model, labels) -> SaliencyService:
-    return SaliencyService(model, labels, "cpu")
+    return SaliencyService(copy.deepcopy(model), labels, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +230,8 @@ def test_batch_without_any_saliency(service, model, chelsea_png, coffee_png) -> 
     for answer, data in zip(answers, (chelsea_png, coffee_png), strict=True):
         assert "saliency" not in answer.body
         with torch.no_grad():
-            logits = model(TO_INPUT(RESIZE_CROP(Image.open(io.BytesIO(data)).convert("RGB")))[None])
+            crop = RESIZE_CROP(Image.open(io.BytesIO(data)).convert("RGB"))
+            logits = model(TO_INPUT(crop)[None].double())
         assert answer.body["prediction"]["index"] == int(logits.argmax())
     assert len(answers[1].body["topk"]) == 2
 

@@ -11,16 +11,32 @@ from saliency_service.attribution import PREDICTED, smoothgrad_saliency, vanilla
 
 SIZE = 64  # SqueezeNet accepts small inputs: the tests stay fast on a shared CPU
 
+# Every comparison here is about exactness (chunked against whole, batched against alone,
+# vectorised against naive), so model and inputs are float64. Measured worst case over these
+# tests, 1 and 2 threads, NCHW and channels_last: 8e-16 of the map's maximum. In float32 the same
+# comparisons differ by up to ~2e-4 of the maximum on some CPUs (max-pooling near-ties; see
+# tests/reference.py), which no tolerance could tell from a small bug. 1e-9 leaves a
+# million-fold margin over float64 rounding and still catches an error of 1e-6 in the noise
+# level (test_the_tolerance_catches_small_planted_errors).
+RTOL = 1e-9
+
+
+@pytest.fixture(scope="module")
+def model(exact_model: torch.nn.Module) -> torch.nn.Module:
+    return exact_model
+
 
 @pytest.fixture(scope="module")
 def inputs() -> torch.Tensor:
-    return torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(3, 3, SIZE, SIZE, generator=generator).double()
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Equal up to float32 rounding of differently grouped sums, relative to the map's scale."""
+    """Equal up to float64 rounding of differently grouped sums, relative to the map's scale."""
     scale = float(expected.abs().max())
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6 * scale)
+    assert scale > 0, "an all-zero map would make the comparison vacuous"
+    torch.testing.assert_close(actual, expected, rtol=RTOL, atol=RTOL * scale)
 
 
 class CountingModel(nn.Module):
@@ -115,6 +131,24 @@ def test_equals_a_naive_one_copy_at_a_time_smoothgrad(model, inputs, target, obj
     )
     assert int(result.targets[0]) == expected_target
     close(result.maps[0], expected)
+
+
+def test_the_tolerance_catches_small_planted_errors(model, inputs) -> None:
+    """``close`` tells a correct map from one whose noise level is off by 1e-6 (relative; the
+    loss objective, whose gradient is smooth in the input: the score's is piecewise constant),
+    from one that drew another seed, and from one that skipped a copy."""
+    x = inputs[0]
+    settings = {"samples": 3, "noise": 0.2, "seed": 8, "objective": "loss"}
+    result = smoothgrad_saliency(model, x[None], None, "loss", 3, 0.2, 8, chunk_size=2)
+    close(result.maps[0], reference_smoothgrad.smoothgrad(model, x, **settings)[0])
+    planted = [
+        {**settings, "noise": 0.2 * (1 + 1e-6)},  # off by 2e-8 of the maximum
+        {**settings, "seed": 9},
+        {**settings, "samples": 2},
+    ]
+    for wrong in planted:
+        with pytest.raises(AssertionError):
+            close(result.maps[0], reference_smoothgrad.smoothgrad(model, x, **wrong)[0])
 
 
 def test_explicit_targets_are_explained(model, inputs) -> None:

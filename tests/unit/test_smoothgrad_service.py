@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import io
 
 import numpy as np
@@ -11,8 +12,9 @@ import reference_smoothgrad
 from PIL import Image
 
 from saliency_service import images
+from saliency_service.attribution import MAX_SEED
 from saliency_service.errors import RequestError
-from saliency_service.parsing import MAX_SEED, Options, RequestLimits, parse_options
+from saliency_service.parsing import Options, RequestLimits, parse_options
 from saliency_service.pipeline import SaliencyService, ServiceConfig
 
 
@@ -30,27 +32,30 @@ def decoded_map(answer: dict) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
+def model(exact_model):
+    """float64: the service against a naive SmoothGrad is about exactness (test_smoothgrad.py)."""
+    return exact_model
+
+
+@pytest.fixture(scope="module")
 def service(model, labels) -> SaliencyService:
-    return SaliencyService(model, labels, config=ServiceConfig(max_gradient_batch=3))
+    return SaliencyService(copy.deepcopy(model), labels, config=ServiceConfig(max_gradient_batch=3))
 
 
 def test_defaults_are_vanilla_and_the_documented_smoothgrad_settings() -> None:
     assert parse({}) == Options()
     assert Options().method == "vanilla"
     options = parse({"method": "SmoothGrad"})
-    assert (options.method, options.samples, options.noise, options.seed) == (
-        "smoothgrad",
-        25,
-        0.15,
-        None,
-    )
+    assert options.method == "smoothgrad"
+    assert options.settings == {"samples": 25, "noise": 0.15, "seed": None}
 
 
 def test_multipart_strings_are_coerced() -> None:
     options = parse({"method": " smoothgrad ", "samples": "7", "noise": "0.2", "seed": "123"})
-    assert (options.samples, options.noise, options.seed) == (7, 0.2, 123)
-    assert parse({"method": "smoothgrad", "noise": 0, "seed": 0}).noise == 0.0
-    assert parse({"method": "smoothgrad", "seed": MAX_SEED, "samples": 50.0}).seed == MAX_SEED
+    assert options.settings == {"samples": 7, "noise": 0.2, "seed": 123}
+    assert parse({"method": "smoothgrad", "noise": 0, "seed": 0}).settings["noise"] == 0.0
+    settings = parse({"method": "smoothgrad", "seed": MAX_SEED, "samples": 50.0}).settings
+    assert settings["seed"] == MAX_SEED
 
 
 @pytest.mark.parametrize(
@@ -86,7 +91,10 @@ def test_invalid_values_are_invalid_option_errors(raw: dict) -> None:
 def test_the_sample_limit_is_configurable() -> None:
     config = ServiceConfig.from_mapping({"max_samples": 8, "max_gradient_batch": 16})
     assert config.max_gradient_batch == 16
-    assert parse({"method": "smoothgrad", "samples": 8}, config.request_limits).samples == 8
+    assert (
+        parse({"method": "smoothgrad", "samples": 8}, config.request_limits).settings["samples"]
+        == 8
+    )
     with pytest.raises(RequestError):
         parse({"method": "smoothgrad", "samples": 9}, config.request_limits)
     assert ServiceConfig.from_mapping({}).max_gradient_batch == ServiceConfig().max_gradient_batch
@@ -108,7 +116,7 @@ def test_the_response_records_the_settings_and_equals_a_naive_smoothgrad(
         "noise": 0.2,
         "seed": 77,
     }
-    x = images.preprocess(images.decode(chelsea_png)).tensor
+    x = images.preprocess(images.decode(chelsea_png)).tensor.double()
     expected, target = reference_smoothgrad.smoothgrad(model, x, 2, 0.2, 77)
     assert answer.body["target"]["index"] == target
     assert saliency["max"] == pytest.approx(float(expected.max()), rel=1e-4)
@@ -172,8 +180,9 @@ def test_smoothgrad_copies_are_chunked_by_max_gradient_batch(
         )
     finally:
         hook.remove()
-    # SmoothGrad: one clean pass of its 2 images, then 5 copies in passes of 4 and 1; vanilla: 1.
-    assert batches == [2, 4, 1, 1]
+    # vanilla: one pass of its image; SmoothGrad: one clean pass of its 2 images, then 5 copies in
+    # passes of 4 and 1.
+    assert batches == [1, 2, 4, 1]
 
 
 def test_seed_draws_differ(service, coffee_png) -> None:

@@ -1,11 +1,26 @@
-"""The one place where autograd is switched on: gradients of per-sample objectives w.r.t. inputs."""
+"""The one place where autograd is switched on: gradients of per-sample objectives.
+
+TorchServe runs handlers under ``torch.inference_mode()``, where ``enable_grad`` alone does not
+bring autograd back: every pass here leaves inference mode first.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class PassGradients:
+    """What one forward and one backward pass of a batch give, detached."""
+
+    logits: torch.Tensor  # (N, K)
+    inputs: torch.Tensor | None  # d objective / d inputs, (N, C, H, W); None if not asked for
+    activations: torch.Tensor | None  # the layer's output, (N, C', H', W'); None without a layer
+    layer: torch.Tensor | None  # d objective / d activations; None without a layer
 
 
 def input_gradients(
@@ -21,20 +36,58 @@ def input_gradients(
         A classifier in eval mode. Its parameters should be frozen (``requires_grad_(False)``) so
         that no weight gradient is computed or accumulated; the result is the same either way.
     inputs
-        ``(N, C, H, W)``. May be an inference tensor: TorchServe runs handlers under
-        ``torch.inference_mode()``, where ``enable_grad`` alone does not bring autograd back.
+        ``(N, C, H, W)``. May be an inference tensor.
     objective
         Maps the logits ``(N, K)`` to one value per sample ``(N,)``; their sum is differentiated.
+        Samples are independent in eval mode, so sample i's gradient is its own objective's.
 
     Returns
     -------
     gradients, logits
         ``d objective_i / d inputs_i`` of shape ``(N, C, H, W)``, and the detached logits.
     """
-    with torch.inference_mode(False), torch.enable_grad():
-        # An inference tensor cannot enter autograd: a clone made outside inference mode can.
-        x = inputs.clone() if inputs.is_inference() else inputs.detach()
-        x.requires_grad_(True)
-        logits = model(x)
-        (gradients,) = torch.autograd.grad(objective(logits).sum(), x)
-    return gradients, logits.detach()
+    result = pass_gradients(model, inputs, objective)
+    assert result.inputs is not None
+    return result.inputs, result.logits
+
+
+def pass_gradients(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    layer: nn.Module | None = None,
+    wrt_inputs: bool = True,
+) -> PassGradients:
+    """One forward and one backward pass giving the input and/or a layer's gradients.
+
+    With ``layer``, its output is recorded by a forward hook and differentiated too: one
+    backward pass serves maps from the input gradient (vanilla) and from the layer (Grad-CAM).
+    With ``wrt_inputs=False`` the backward pass stops at the layer, which is much cheaper.
+    """
+    if layer is None and not wrt_inputs:
+        raise ValueError("nothing to differentiate: give a layer or wrt_inputs=True")
+    recorded: list[torch.Tensor] = []
+
+    def record(_module: nn.Module, _args: object, output: torch.Tensor) -> None:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"the explained layer returns a {type(output).__name__}")
+        recorded.append(output)
+
+    hook = layer.register_forward_hook(record) if layer is not None else None
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            # An inference tensor cannot enter autograd: a clone made outside inference mode can.
+            x = inputs.clone() if inputs.is_inference() else inputs.detach()
+            x.requires_grad_(True)  # also when only the layer is wanted: frozen models need it
+            logits = model(x)
+            if layer is not None and len(recorded) != 1:
+                raise RuntimeError(f"the explained layer ran {len(recorded)} times, not once")
+            wanted = ([x] if wrt_inputs else []) + recorded
+            gradients = torch.autograd.grad(objective(logits).sum(), wanted)
+    finally:
+        if hook is not None:
+            hook.remove()
+    input_gradient = gradients[0] if wrt_inputs else None
+    layer_gradient = gradients[-1] if layer is not None else None
+    activations = recorded[0].detach() if layer is not None else None
+    return PassGradients(logits.detach(), input_gradient, activations, layer_gradient)

@@ -1,25 +1,26 @@
-"""SmoothGrad: vanilla gradient maps averaged over noisy copies of the input (Smilkov et al. 2017).
+"""SmoothGrad and its two variants: maps of noisy copies of the input, aggregated three ways.
 
-Every noisy copy of every sample of a batch goes through the model together, in chunks of at most
-``chunk_size`` images per forward/backward pass. The noise of each sample comes from its own seeded
-CPU ``torch.Generator``: it depends on that sample's seed and settings only, not on the device,
-the chunk size or the other samples of the batch, so a seed reproduces a map.
+- ``mean``: SmoothGrad (Smilkov et al. 2017), the mean of the copies' maps;
+- ``mean_square``: SmoothGrad-Squared (Hooker et al. 2019), the mean of their squares;
+- ``variance``: VarGrad (Adebayo et al. 2018), their variance (population, as Captum's).
+
+The noise of each sample comes from its own seeded CPU ``torch.Generator``: it depends on that
+sample's seed and settings only, not on the device, the chunk size or the other samples of the
+batch, so a seed reproduces a map.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from .gradients import input_gradients
 from .objectives import BatchObjective, resolve_targets
-from .vanilla import SaliencyResult
+from .result import SaliencyResult
+from .sampled import run_samplers
 
 # Smilkov et al. (section 4.2) see diminishing returns around n = 50. On SqueezeNet (chelsea and
 # coffee, seed 1) a 25-copy map has a Pearson correlation of 0.94 with a 200-copy map, a 50-copy
@@ -27,7 +28,48 @@ from .vanilla import SaliencyResult
 DEFAULT_SAMPLES = 25
 DEFAULT_NOISE = 0.15  # sigma / (max - min): the middle of the paper's recommended 10-20%
 DEFAULT_SEED = 0
-MAX_SEED = 2**63 - 1  # what ``torch.Generator.manual_seed`` accepts
+# Seeds a JSON client can send and get back exactly (JavaScript numbers: 53 bits), and that
+# ``torch.Generator.manual_seed`` accepts.
+MAX_SEED = 2**31 - 1
+AGGREGATES = ("mean", "mean_square", "variance")
+
+
+class NoisyCopies:
+    """One sample's noisy copies ``x + e_k``, ``e_k ~ N(0, sigma^2 I)``, and their maps' moments.
+
+    The map of a copy is the vanilla map ``max_c |d f_y / d x_c|``. Mean and variance are kept
+    with Welford's update, which does not cancel where the variance is small.
+    """
+
+    def __init__(self, x: torch.Tensor, count: int, sigma: float, seed: int) -> None:
+        self.x, self.count, self.sigma = x, count, sigma
+        self._generator = torch.Generator(device="cpu").manual_seed(seed)
+        shape = x.shape[1:]
+        self.mean = torch.zeros(shape, dtype=x.dtype, device=x.device)
+        self.mean_square = torch.zeros_like(self.mean)
+        self._m2 = torch.zeros_like(self.mean)
+        self._seen = 0
+
+    def derived_input(self, k: int) -> torch.Tensor:
+        if self.sigma == 0:
+            return self.x
+        noise = torch.randn(self.x.shape, generator=self._generator, dtype=torch.float32)
+        return self.x + (self.sigma * noise).to(device=self.x.device, dtype=self.x.dtype)
+
+    def add(self, k: int, gradient: torch.Tensor) -> None:
+        saliency = gradient.abs().amax(dim=0)
+        self._seen += 1
+        delta = saliency - self.mean
+        self.mean += delta / self._seen
+        self._m2 += delta * (saliency - self.mean)
+        self.mean_square += (saliency.square() - self.mean_square) / self._seen
+
+    def aggregate(self, kind: str) -> torch.Tensor:
+        if kind == "mean":
+            return self.mean
+        if kind == "mean_square":
+            return self.mean_square
+        return self._m2 / self._seen  # population variance
 
 
 def smoothgrad_saliency(
@@ -39,29 +81,31 @@ def smoothgrad_saliency(
     noise: float | Sequence[float] = DEFAULT_NOISE,
     seeds: int | Sequence[int] = DEFAULT_SEED,
     chunk_size: int | None = None,
+    aggregates: str | Sequence[str] = "mean",
 ) -> SaliencyResult:
-    """SmoothGrad saliency maps of a batch, with per-sample sample count, noise level and seed.
+    """SmoothGrad (or SmoothGrad-Squared, VarGrad) maps of a batch, with per-sample settings.
 
     For an input x, target class y and n noisy copies ``x_k = x + e_k``, ``e_k ~ N(0, sigma^2 I)``
-    with ``sigma = noise * (max(x) - min(x))``, the map is::
+    with ``sigma = noise * (max(x) - min(x))``, and ``m_k = max_c |d f_y(x_k) / d x_c|`` the
+    vanilla map of copy k (Simonyan et al. 2014), the map is::
 
-        M(x) = 1/n * sum_k  max_c |d f_y(x_k) / d x_c|
+        mean:         1/n sum_k m_k                 (SmoothGrad)
+        mean_square:  1/n sum_k m_k^2               (SmoothGrad-Squared)
+        variance:     1/n sum_k (m_k - mean)^2      (VarGrad)
 
-    the mean of the *vanilla maps* (absolute gradient, maximum over colour channels; Simonyan et
-    al. 2014) of the noisy copies. Smilkov, Thorat, Kim, Viegas & Wattenberg, "SmoothGrad:
-    removing noise by adding noise", arXiv:1706.03825 (2017), section 3, with the noise level
-    sigma / (x_max - x_min) of their section 4.2.
+    Smilkov, Thorat, Kim, Viegas & Wattenberg, "SmoothGrad: removing noise by adding noise",
+    arXiv:1706.03825 (2017), sections 3 and 4.2 (the noise level sigma / (x_max - x_min));
+    Hooker, Erhan, Kindermans & Kim, "A Benchmark for Interpretability Methods in Deep Neural
+    Networks", NeurIPS 2019 (SmoothGrad-Squared; with VarGrad the only methods that beat a random
+    ranking on ImageNet under ROAR); Adebayo, Gilmer, Goodfellow & Kim, "Local Explanation Methods
+    for Deep Neural Networks Lack Sensitivity to Parameter Values", ICLR Workshop 2018 (VarGrad).
 
-    Which variant is averaged: the paper's section 3 averages the gradients ``d f_y / d x``
-    themselves and takes absolute values only to visualise them (its section 4.1 finds absolute
-    values clearer on ImageNet). Here the *maps* are averaged instead: the absolute value and the
-    channel maximum are taken before the mean, as implementations that smooth an absolute
-    attribution do (e.g. Captum's ``NoiseTunnel`` around ``Saliency(abs=True)``). Reasons:
-    (1) SmoothGrad then smooths exactly the quantity this service serves, so ``noise=0`` gives
-    the vanilla map itself and the two methods are comparable pixel for pixel; (2) a mean of
-    absolute values cannot cancel: a pixel whose gradient flips sign under noise stays salient
-    instead of averaging towards 0, and a magnitude map is meant to show sensitivity, whatever
-    its sign.
+    Which quantity is aggregated: the paper's section 3 averages the gradients themselves and
+    takes absolute values only to show them (its section 4.1 finds absolute values clearer on
+    ImageNet). Here the *maps* are aggregated, as implementations that smooth an absolute
+    attribution do (Captum's ``NoiseTunnel`` around ``Saliency(abs=True)``): (1) ``noise=0``
+    gives the vanilla map itself, so the methods are comparable pixel for pixel; (2) a mean of
+    magnitudes cannot cancel where a gradient flips sign under noise.
 
     The explained class is resolved once, from the *clean* input (one forward pass without
     gradients), so the noise cannot change which class a map explains; the returned logits are
@@ -82,88 +126,52 @@ def smoothgrad_saliency(
         Number of noisy copies n >= 1, for all samples or one per sample.
     noise
         Noise level sigma / (max - min) >= 0, for all samples or one per sample. With 0 every copy
-        is the input itself and the map is the vanilla map.
+        is the input itself and the SmoothGrad map is the vanilla map.
     seeds
-        Seed of each sample's noise in ``[0, 2**63 - 1]``, for all samples or one per sample. The
-        noise is drawn on the CPU, copy after copy, from ``torch.Generator().manual_seed(seed)``:
-        the same seed, settings and input give the same noise on any device.
+        Seed of each sample's noise in ``[0, MAX_SEED]``, for all samples or one per sample. The
+        noise is drawn on the CPU, copy after copy, from ``torch.Generator().manual_seed(seed)``
+        in float32: the same seed, settings and input give the same noise on any device.
     chunk_size
         At most this many noisy images per forward/backward pass; ``None``: all in one pass.
-        Copies of different samples share passes, so the number of passes is
-        ``ceil(sum(samples) / chunk_size)``.
+        Copies of different samples share passes: ``ceil(sum(samples) / chunk_size)`` passes.
+    aggregates
+        ``"mean"``, ``"mean_square"`` or ``"variance"``, for all samples or one per sample.
 
     Returns
     -------
     SaliencyResult
-        ``maps`` of shape ``(N, H, W)`` (float32, >= 0), the clean logits, the resolved targets.
+        ``maps`` of shape ``(N, H, W)`` (>= 0, in the inputs' dtype), the clean logits and the
+        resolved targets.
     """
     size = inputs.shape[0]
-    counts = _per_sample("samples", samples, size, int)
-    levels = _per_sample("noise", noise, size, float)
-    seed_list = _per_sample("seeds", seeds, size, int)
+    counts = per_sample("samples", samples, size, int)
+    levels = per_sample("noise", noise, size, float)
+    seed_list = per_sample("seeds", seeds, size, int)
     names = [objectives] * size if isinstance(objectives, str) else list(objectives)
+    kinds = [aggregates] * size if isinstance(aggregates, str) else list(aggregates)
     if any(count < 1 for count in counts):
         raise ValueError(f"samples must be >= 1, got {counts}")
     if any(not (math.isfinite(level) and level >= 0) for level in levels):
         raise ValueError(f"noise must be finite and >= 0, got {levels}")
     if any(not 0 <= seed <= MAX_SEED for seed in seed_list):
-        raise ValueError(f"seeds must be in [0, 2**63 - 1], got {seed_list}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise ValueError(f"seeds must be in [0, {MAX_SEED}], got {seed_list}")
+    if len(kinds) != size or set(kinds) - set(AGGREGATES):
+        raise ValueError(f"aggregates must be {size} of {AGGREGATES}, got {kinds}")
     BatchObjective(names, targets, size)  # validates objective names and the number of targets
 
     with torch.no_grad():
         logits = model(inputs)
     resolved = resolve_targets(logits, targets)
-
-    span = (inputs.flatten(1).amax(dim=1) - inputs.flatten(1).amin(dim=1)).tolist()
-    plan = _Plan(counts, [level * s for level, s in zip(levels, span, strict=True)], seed_list)
-    totals = torch.zeros(size, *inputs.shape[2:], dtype=torch.float32, device=inputs.device)
-    for owners in plan.chunks(chunk_size or plan.total):
-        copies = torch.stack([plan.noisy_copy(inputs, owner) for owner in owners])
-        requested = resolved[torch.tensor(owners, device=inputs.device)]
-        objective = BatchObjective([names[o] for o in owners], requested, len(owners))
-        gradients, _ = input_gradients(model, copies, objective)
-        maps = gradients.abs().amax(dim=1).float()
-        # A chunk holds consecutive runs of copies of one sample: sum each run (deterministic on
-        # every device, unlike index_add_'s atomic adds on a GPU).
-        start = 0
-        for owner, run in itertools.groupby(owners):
-            length = len(list(run))
-            totals[owner] += maps[start : start + length].sum(dim=0)
-            start += length
-    maps = totals / torch.tensor(counts, dtype=totals.dtype, device=totals.device)[:, None, None]
+    spans = (inputs.flatten(1).amax(dim=1) - inputs.flatten(1).amin(dim=1)).tolist()
+    samplers = [
+        NoisyCopies(inputs[n], counts[n], levels[n] * spans[n], seed_list[n]) for n in range(size)
+    ]
+    run_samplers(model, samplers, resolved, names, chunk_size)
+    maps = torch.stack([s.aggregate(kind) for s, kind in zip(samplers, kinds, strict=True)])
     return SaliencyResult(maps=maps, logits=logits, targets=resolved)
 
 
-@dataclass
-class _Plan:
-    """Which sample each noisy image belongs to, in order, and each sample's noise stream."""
-
-    counts: list[int]
-    sigmas: list[float]
-    seeds: list[int]
-
-    def __post_init__(self) -> None:
-        self.total = sum(self.counts)
-        self._generators = [torch.Generator(device="cpu").manual_seed(s) for s in self.seeds]
-
-    def chunks(self, chunk_size: int) -> Iterator[list[int]]:
-        """The owner (sample index) of every noisy image, ``chunk_size`` images at a time."""
-        owners = [n for n, count in enumerate(self.counts) for _ in range(count)]
-        for start in range(0, len(owners), chunk_size):
-            yield owners[start : start + chunk_size]
-
-    def noisy_copy(self, inputs: torch.Tensor, owner: int) -> torch.Tensor:
-        """The owner's next noisy copy: one draw of its generator per copy, in copy order."""
-        clean = inputs[owner]
-        if self.sigmas[owner] == 0:
-            return clean
-        noise = torch.randn(clean.shape, generator=self._generators[owner], dtype=torch.float32)
-        return clean + (self.sigmas[owner] * noise).to(device=clean.device, dtype=clean.dtype)
-
-
-def _per_sample(name: str, value: Any, size: int, kind: type) -> list:
+def per_sample(name: str, value: Any, size: int, kind: type) -> list:
     """One value for every sample, from a scalar or a sequence of ``size`` values."""
     if isinstance(value, torch.Tensor):
         value = value.tolist()

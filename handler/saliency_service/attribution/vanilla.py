@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .gradients import input_gradients
 from .objectives import BatchObjective
-
-
-@dataclass(frozen=True)
-class SaliencyResult:
-    """Maps and what they explain, batch-first."""
-
-    maps: torch.Tensor  # (N, H, W), >= 0
-    logits: torch.Tensor  # (N, K), of the unperturbed inputs
-    targets: torch.Tensor  # (N,) int64, the class each map explains
+from .result import SaliencyResult
 
 
 def vanilla_saliency(

@@ -1,0 +1,65 @@
+"""``integrated_gradients``: Sundararajan et al. 2017, Gauss-Legendre rule, Captum's delta."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attribution.integrated_gradients import DEFAULT_STEPS, PathPoints
+from ..attribution.objectives import OBJECTIVES
+from ..attribution.sampled import Sampler
+from .base import ExplainContext, Job, SampledMethod
+from .options import ChoiceOption, IntegerOption
+
+BASELINES = ("zero", "black")  # zeros of the normalised input (Captum's default), a black image
+
+
+class IntegratedGradients(SampledMethod):
+    """``|sum_c (x - x') * integral of the gradient on the path from x' to x|``; see
+    ``attribution.integrated_gradients``. ``delta`` in the answer is Captum's convergence delta:
+    sum of attributions - (f(x) - f(x')), 0 for an exact integral."""
+
+    name = "integrated_gradients"
+    summary = "path integral of gradients from a baseline (Sundararajan et al. 2017): n passes"
+    options = (
+        IntegerOption("steps", DEFAULT_STEPS, "Gauss-Legendre points on the path", 1, "max_steps"),
+        ChoiceOption(
+            "baseline", "zero", "the path's start: zero input or a black image", BASELINES
+        ),
+    )
+
+    def sampler(self, job: Job, context: ExplainContext) -> Sampler:
+        baseline = _baseline(job, context)
+        return PathPoints(job.inputs, baseline, job.settings["steps"])
+
+    def results(
+        self,
+        model: nn.Module,
+        jobs: Sequence[Job],
+        samplers: Sequence[Sampler],
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+        paths = [sampler for sampler in samplers if isinstance(sampler, PathPoints)]
+        with torch.no_grad():  # f(x') for the deltas: one forward of every baseline
+            baseline_logits = model(torch.stack([path.baseline for path in paths]))
+        answers = []
+        for n, (job, path) in enumerate(zip(jobs, paths, strict=True)):
+            attributions = path.attributions()
+            objective = OBJECTIVES[job.objective]
+            target = targets[n : n + 1]
+            change = objective(logits[n : n + 1], target) - objective(
+                baseline_logits[n : n + 1], target
+            )
+            delta = float(attributions.sum() - change[0])
+            answers.append((attributions.sum(dim=0).abs(), {"delta": delta}))
+        return answers
+
+
+def _baseline(job: Job, context: ExplainContext) -> torch.Tensor:
+    if job.settings["baseline"] == "zero":
+        return torch.zeros_like(job.inputs)
+    return context.black.to(job.inputs).expand_as(job.inputs)
