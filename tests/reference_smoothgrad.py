@@ -19,13 +19,18 @@ def smoothgrad(
     seed: int,
     target: int | None = None,
     objective: str = "score",
+    aggregate: str = "mean",
 ) -> tuple[torch.Tensor, int]:
-    """(map (H, W), target) for one preprocessed image ``x`` of shape (C, H, W)."""
+    """(map (H, W), target) for one preprocessed image ``x`` of shape (C, H, W).
+
+    ``aggregate``: ``"mean"`` (SmoothGrad), ``"mean_square"`` (SmoothGrad-Squared) or
+    ``"variance"`` (VarGrad, population variance) of the copies' maps, by the textbook formulas.
+    """
     with torch.no_grad():
         y = int(model(x[None]).argmax()) if target is None else target
     generator = torch.Generator().manual_seed(seed)
     sigma = noise * float(x.max() - x.min())
-    total = torch.zeros(x.shape[1:], dtype=x.dtype)
+    maps = []
     for _ in range(samples):
         copy = x.clone()
         if sigma:
@@ -36,5 +41,11 @@ def smoothgrad(
             logits[0, y].backward()
         else:
             F.cross_entropy(logits, torch.tensor([y])).backward()
-        total += copy.grad[0].abs().amax(dim=0)
-    return total / samples, y
+        maps.append(copy.grad[0].abs().amax(dim=0))
+    stacked = torch.stack(maps)
+    if aggregate == "mean":
+        return stacked.sum(dim=0) / samples, y
+    if aggregate == "mean_square":
+        return stacked.square().sum(dim=0) / samples, y
+    mean = stacked.sum(dim=0) / samples
+    return (stacked - mean).square().sum(dim=0) / samples, y

@@ -58,8 +58,12 @@ class Labels:
             ``unknown_label``, ``ambiguous_label`` or ``invalid_option`` (index out of range).
         """
         text = label.strip()
-        if re.fullmatch(r"[+-]?[0-9]{1,12}", text):
+        if re.fullmatch(r"\+?[0-9]{1,12}", text):
             return check_index(int(text))
+        if re.fullmatch(r"[+-]?[0-9]+", text):  # "-0", 4000 digits: not a class index
+            raise errors.invalid_option(
+                "target", f"must be a class index 0-{NUM_CLASSES - 1}, got {text[:20]!r}"
+            )
         indices = self._by_name.get(" ".join(text.split()).casefold())
         if not indices:
             raise errors.unknown_label(label)
@@ -70,7 +74,10 @@ class Labels:
 
 def check_index(index: int) -> int:
     if not 0 <= index < NUM_CLASSES:
+        # A huge number is not repeated back: converting it to text is slow (and past 4300 digits
+        # refused by Python), and the answer would be as long as the request.
+        shown = str(index) if abs(index) < 10**12 else f"a number of {index.bit_length()} bits"
         raise errors.invalid_option(
-            "target", f"must be a class index 0-{NUM_CLASSES - 1}, got {index}"
+            "target", f"must be a class index 0-{NUM_CLASSES - 1}, got {shown}"
         )
     return index

@@ -49,6 +49,7 @@ class Options:
 
 
 GENERAL_OPTIONS = [name for name in Options.__dataclass_fields__ if name != "settings"]
+MAP_OPTIONS = ("target", "objective", "colormap", "overlay", "method")  # shape the map only
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,14 @@ def _parse_payload(payload: Any, labels: Labels, limits: RequestLimits) -> Salie
 
 
 def _looks_like_json(data: bytes | bytearray) -> bool:
-    return bytes(data[:64]).lstrip().startswith((b"{", b"["))
+    """Starts like a JSON document, in UTF-8 (with or without a BOM), UTF-16 or UTF-32, which
+    ``json.loads`` reads from bytes; no image format starts like one."""
+    head = bytes(data[:64])
+    encoding = json.detect_encoding(head)
+    unit = 4 if "32" in encoding else 2 if "16" in encoding else 1  # whole code units only
+    text = head[: len(head) - len(head) % unit].decode(encoding, "ignore")
+    text = text.lstrip("\ufeff \t\r\n")
+    return text.startswith(("{", "["))
 
 
 def _load_json(data: bytes | bytearray | str) -> Any:
@@ -188,6 +196,10 @@ def parse_options(raw: Mapping[str, Any], labels: Labels, limits: RequestLimits)
         if name not in settings:
             owners = ", ".join(owners_of(name))
             raise errors.invalid_option(name, f"applies to method {owners} only")
+    if not values.get("saliency", True):
+        map_only = [name for name in raw if name in MAP_OPTIONS or name in settings]
+        if map_only:
+            raise errors.invalid_option(map_only[0], "applies only with saliency true")
     bounds = asdict(limits)
     for option in method.options:
         if raw.get(option.name) is not None:  # null: the default

@@ -56,8 +56,11 @@ def choice(name: str, value: Any, choices: Sequence[str]) -> str:
 
 
 def boolean(name: str, value: Any) -> bool:
+    """true/false; also 1/0 and the words of ``TRUE_WORDS``/``FALSE_WORDS``, in JSON as in forms."""
     if isinstance(value, bool):
         return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
     if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
         return value.strip().lower() in TRUE_WORDS
     raise errors.invalid_option(name, f"must be true or false, got {value!r:.40}")

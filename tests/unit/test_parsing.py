@@ -85,12 +85,58 @@ def test_multipart_strings_are_coerced(labels) -> None:
         "objective": bytearray(b"LOSS"),
         "colormap": bytearray(b"hot"),
         "overlay": bytearray(b"true"),
-        "saliency": bytearray(b"no"),
+        "saliency": bytearray(b"yes"),
     }
     options = parse_request(row, labels).options
     assert options == Options(
-        target=281, topk=7, objective="loss", colormap="hot", overlay=True, saliency=False
+        target=281, topk=7, objective="loss", colormap="hot", overlay=True, saliency=True
     )
+
+
+@pytest.mark.parametrize(
+    "name", ["target", "objective", "colormap", "overlay", "method", "samples"]
+)
+def test_map_options_are_refused_without_a_map(labels, name) -> None:
+    """saliency=false makes no map: an option that shapes the map would be silently dropped."""
+    values = {"target": "281", "objective": "loss", "colormap": "hot", "overlay": "true"}
+    values |= {"method": "vargrad", "samples": "3"}
+    row = {"image": bytearray(IMAGE), "saliency": bytearray(b"false")}
+    row[name] = bytearray(values[name].encode())
+    if name == "samples":
+        row["method"] = bytearray(b"vargrad")
+    error = refused(row, labels)
+    assert (error.code, error.status) == ("invalid_option", 400)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps({"image": B64, "topk": 2}).encode("utf-8-sig"),
+        json.dumps({"image": B64, "topk": 2}).encode("utf-16"),
+        json.dumps({"image": B64, "topk": 2}).encode("utf-16-le"),
+        json.dumps({"image": B64, "topk": 2}).encode("utf-32"),
+    ],
+)
+def test_json_in_any_unicode_encoding_is_read(labels, body) -> None:
+    assert parse_request({"body": body}, labels).options.topk == 2
+
+
+@pytest.mark.parametrize(("value", "expected"), [(1, True), (0, False), ("1", True), ("0", False)])
+def test_one_rule_for_booleans_in_json_and_forms(labels, value, expected) -> None:
+    as_json = parse_request({"body": {"image": B64, "overlay": value}}, labels).options
+    as_form = {"image": bytearray(IMAGE), "overlay": bytearray(str(value).encode())}
+    assert as_json.overlay == parse_request(as_form, labels).options.overlay == expected
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["-0", "-5", "1" * 4000, 10**400, -(10**30)],
+    ids=["-0", "-5", "4000 digits", "10**400", "-10**30"],
+)
+def test_signed_or_huge_targets_are_refused_briefly(labels, target) -> None:
+    error = refused({"body": {"image": B64, "target": target}}, labels)
+    assert (error.code, error.status) == ("invalid_option", 400)
+    assert len(error.message) < 120
 
 
 @pytest.mark.parametrize(

@@ -151,6 +151,44 @@ def test_the_tolerance_catches_small_planted_errors(model, inputs) -> None:
             close(result.maps[0], reference_smoothgrad.smoothgrad(model, x, **wrong)[0])
 
 
+@pytest.mark.parametrize("aggregate", ["mean_square", "variance"])
+@pytest.mark.parametrize(("target", "objective"), [(None, "score"), (3, "loss")])
+def test_smoothgrad_squared_and_vargrad_equal_the_textbook_formulas(
+    model, inputs, aggregate, target, objective
+) -> None:
+    x = inputs[2]
+    expected, _ = reference_smoothgrad.smoothgrad(
+        model, x, 4, 0.2, 21, target, objective, aggregate=aggregate
+    )
+    requested = None if target is None else torch.tensor([target])
+    result = smoothgrad_saliency(
+        model, x[None], requested, objective, 4, 0.2, 21, chunk_size=3, aggregates=aggregate
+    )
+    close(result.maps[0], expected)
+    mean, _ = reference_smoothgrad.smoothgrad(model, x, 4, 0.2, 21, target, objective)
+    with pytest.raises(AssertionError):  # the aggregates are told apart
+        close(result.maps[0], mean)
+
+
+def test_one_batch_mixes_aggregates_as_if_each_sample_were_alone(model, inputs) -> None:
+    aggregates = ["variance", "mean", "mean_square"]
+    together = smoothgrad_saliency(
+        model, inputs, None, "score", [2, 3, 2], 0.1, [1, 2, 3], chunk_size=4, aggregates=aggregates
+    )
+    for n, aggregate in enumerate(aggregates):
+        alone = smoothgrad_saliency(
+            model, inputs[n : n + 1], None, "score", [2, 3, 2][n], 0.1, n + 1, aggregates=aggregate
+        )
+        close(together.maps[n], alone.maps[0])
+
+
+def test_variance_of_one_copy_is_zero_and_of_no_noise_too(model, inputs) -> None:
+    one = smoothgrad_saliency(model, inputs[:1], samples=1, noise=0.3, aggregates="variance")
+    still = smoothgrad_saliency(model, inputs[:1], samples=3, noise=0.0, aggregates="variance")
+    assert float(one.maps.abs().max()) == 0.0
+    assert float(still.maps.abs().max()) == 0.0
+
+
 def test_explicit_targets_are_explained(model, inputs) -> None:
     requested = torch.tensor([1, 2, 3])
     result = smoothgrad_saliency(model, inputs, requested, samples=2, noise=0.1, seeds=4)
@@ -204,6 +242,8 @@ def test_works_on_inference_tensors_as_under_torchserve(model, inputs) -> None:
         {"seeds": 2**63},
         {"chunk_size": 0},
         {"objectives": "margin"},
+        {"aggregates": "median"},
+        {"aggregates": ["mean"]},
     ],
 )
 def test_invalid_settings_are_refused(model, inputs, settings) -> None:

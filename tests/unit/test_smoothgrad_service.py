@@ -143,7 +143,7 @@ def test_a_mixed_batch_answers_each_request_as_if_alone(service, chelsea_png, co
         row(chelsea_png),
         row(chelsea_png, method="smoothgrad", samples=2, noise=0.1, seed=1),
         row(coffee_png, method="smoothgrad", samples=3, seed=2, objective="loss", target=281),
-        row(coffee_png, method="smoothgrad", saliency=False),
+        row(coffee_png, saliency=False),
         {"body": b"not an image"},
         row(coffee_png, topk=2),
     ]
