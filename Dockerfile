@@ -24,7 +24,7 @@ FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
 FROM ${BASE_IMAGE}
 
 # Torch: ours, not the base image's. The official 0.12.0 images carry Python 3.9 in /home/venv
-# with torch 2.4 (CUDA 12.1). Our code needs Python >= 3.10, our pins (torch 2.14.1, numpy
+# with torch 2.4 (CUDA 12.1). Our pins (torch 2.14.1, numpy
 # 2.4.6, ...) need Python >= 3.11, and every test and measurement was made with exactly
 # requirements.txt. So the image gets its own Python 3.11 venv with requirements.txt, and
 # TorchServe 0.12.0 (the base image's version, pinned there too) runs from it. What the base

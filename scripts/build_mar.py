@@ -1,18 +1,22 @@
 """Build model_store/squeezenet_saliency.mar: handler, its package, weights, labels, config.
 
-Usage: python scripts/build_mar.py [--weights FILE] [--export-path model_store]
+Usage: python scripts/build_mar.py [--weights FILE] [--export-path model_store] [--if-stale]
 Weights: --weights, else $SQUEEZENET_WEIGHTS, else torchvision's official file (downloaded once
-into .cache/ and checked against its sha256).
+into .cache/ and checked against its sha256). --if-stale keeps an archive whose code and config
+equal handler/'s when no weights are named: a later setup needs neither the network nor the
+weights file again.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +24,12 @@ HANDLER_DIR = ROOT / "handler"
 sys.path.insert(0, str(HANDLER_DIR))
 
 from saliency_service.labels import torchvision_categories  # noqa: E402
-from saliency_service.weights import WeightsError, resolve_weights, verify_loadable  # noqa: E402
+from saliency_service.weights import (  # noqa: E402
+    ENV_VAR,
+    WeightsError,
+    resolve_weights,
+    verify_loadable,
+)
 
 MODEL_NAME = "squeezenet_saliency"
 MODEL_VERSION = "1.0"
@@ -62,11 +71,51 @@ def build(weights: Path, export_path: Path) -> Path:
     return export_path / f"{MODEL_NAME}.mar"
 
 
+def handler_files() -> dict[str, Path]:
+    """Archive member name -> working-tree file, for everything of handler/ that is archived."""
+    files = {
+        "saliency_handler.py": HANDLER_DIR / "saliency_handler.py",
+        "model-config.yaml": HANDLER_DIR / "model-config.yaml",
+        "NOTICE-weights.md": HANDLER_DIR / "NOTICE-weights.md",
+    }
+    for path in sorted((HANDLER_DIR / "saliency_service").rglob("*.py")):
+        files[path.relative_to(HANDLER_DIR).as_posix()] = path
+    return files
+
+
+def stale_files(mar: Path) -> list[str]:
+    """What differs between the archive and handler/: changed, added or removed files."""
+    expected = handler_files()
+    with zipfile.ZipFile(mar) as archive:
+        names = set(archive.namelist())
+        changed = [
+            name
+            for name, path in expected.items()
+            if name not in names or archive.read(name) != path.read_bytes()
+        ]
+        removed = [
+            name
+            for name in names
+            if name.startswith("saliency_service/")
+            and name.endswith(".py")
+            and name not in expected
+        ]
+    return changed + removed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, help="a SqueezeNet 1.1 state_dict (.pth)")
     parser.add_argument("--export-path", type=Path, default=ROOT / "model_store")
+    parser.add_argument(
+        "--if-stale", action="store_true", help="keep a current archive when no weights are named"
+    )
     args = parser.parse_args()
+    current = args.export_path / f"{MODEL_NAME}.mar"
+    named = args.weights or os.environ.get(ENV_VAR)
+    if args.if_stale and not named and current.is_file() and not stale_files(current):
+        print(f"{current} is up to date with handler/ (kept, with the weights it holds)")
+        return 0
     try:
         if args.weights:
             verify_loadable(args.weights)

@@ -17,10 +17,10 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 requirements="$ROOT/requirements.txt"
 [[ "${1:-}" == "--dev" ]] && requirements="$ROOT/requirements-dev.txt"
 
-# Python 3.10+ with venv.
+# Python 3.11+ with venv: the pinned numpy (2.4) and Pillow (13) publish nothing older.
 command -v "$PYTHON_BIN" >/dev/null || die "python3 not found; install Python 3.11 (e.g. apt-get install python3 python3-venv)."
-"$PYTHON_BIN" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
-  || die "Python 3.10+ is needed, found $("$PYTHON_BIN" --version 2>&1). Set PYTHON=/path/to/python3.11."
+"$PYTHON_BIN" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || die "Python 3.11+ is needed (numpy 2.4 and Pillow 13 need it), found $("$PYTHON_BIN" --version 2>&1). Set PYTHON=/path/to/python3.11."
 
 # Java 17+ (TorchServe's front end is a Java program).
 java_bin="java"
@@ -59,6 +59,7 @@ if [[ "${1:-}" == "--dev" ]]; then
   fi
 fi
 
-# Weights and the model archive (rebuilt every time: a few seconds, never stale).
-say "building model_store/squeezenet_saliency.mar"
-"$VENV/bin/python" "$ROOT/scripts/build_mar.py" >&2
+# Weights and the model archive: rebuilt when handler/ changed or weights are named
+# ($SQUEEZENET_WEIGHTS); a current archive is kept, so a later run needs no network or weights.
+say "model_store/squeezenet_saliency.mar"
+"$VENV/bin/python" "$ROOT/scripts/build_mar.py" --if-stale >&2

@@ -18,10 +18,10 @@ from . import errors
 from .attribution.objectives import OBJECTIVES
 from .labels import Labels, check_index
 from .methods import DEFAULT_METHOD, METHODS, method_options, owners_of
-from .values import boolean, bounded_int, choice
+from .values import boolean, bounded_float, bounded_int, choice
 
 IMAGE_FIELDS = ("image", "data", "body")
-COLORMAPS = ("gray", "hot")
+COLORMAPS = ("gray", "hot", "inferno", "viridis")
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,13 @@ class Options:
     colormap: str = "gray"
     overlay: bool = False
     saliency: bool = True  # False: classification only, no backward pass
+    clip: float = 99.0  # percentile shown at full intensity in heatmap and overlay (100: the max)
     method: str = DEFAULT_METHOD
     settings: Mapping[str, Any] = field(default_factory=METHODS[DEFAULT_METHOD].defaults)
 
 
 GENERAL_OPTIONS = [name for name in Options.__dataclass_fields__ if name != "settings"]
-MAP_OPTIONS = ("target", "objective", "colormap", "overlay", "method")  # shape the map only
+MAP_OPTIONS = ("target", "objective", "colormap", "overlay", "clip", "method")  # shape the map
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,8 @@ def parse_options(raw: Mapping[str, Any], labels: Labels, limits: RequestLimits)
     for name in ("overlay", "saliency"):
         if name in raw:
             values[name] = boolean(name, raw[name])
+    if "clip" in raw:
+        values["clip"] = bounded_float("clip", raw["clip"], 50.0, 100.0)
     method = METHODS[DEFAULT_METHOD]
     if "method" in raw:
         method = METHODS[choice("method", raw["method"], list(METHODS))]

@@ -101,6 +101,7 @@ class _Outputs:
     target_scores: list[float]
     map_pixels: np.ndarray | None  # (N, H, W) uint8
     map_peaks: list[float] | None
+    display: np.ndarray | None  # (N, H, W) uint8: clipped levels for heatmap and overlay
     extras: list[dict[str, Any]]  # per item: what its method adds to "saliency"
 
 
@@ -218,7 +219,7 @@ class SaliencyService:
         logits = torch.empty(len(items), 0, device=self.device)
         targets = [0] * len(items)
         extras: list[dict[str, Any]] = [{} for _ in items]
-        pixels = peaks = None
+        pixels = peaks = display = None
         if explained:
             jobs = [self._job(items[n], inputs[n]) for n in explained]
             explanations: list[Explanation] = explain(self.model, jobs, self.context)
@@ -232,6 +233,8 @@ class SaliencyService:
                 targets[n] = explanation.target
                 extras[n] = explanation.extra
             pixels, peaks = rendering.quantise(maps)
+            if any(item.options.colormap != "gray" or item.options.overlay for item in items):
+                display = rendering.display_levels(maps, [item.options.clip for item in items])
         if plain:
             plain_logits = self.model(inputs[plain])
             if not explained:
@@ -245,7 +248,7 @@ class SaliencyService:
         index = torch.tensor(targets, device=self.device)
         scores = logits.gather(1, index[:, None]).squeeze(1)
         return _Outputs(
-            top_i.tolist(), top_p.tolist(), targets, scores.tolist(), pixels, peaks, extras
+            top_i.tolist(), top_p.tolist(), targets, scores.tolist(), pixels, peaks, display, extras
         )
 
     def _job(self, item: _Item, inputs: torch.Tensor) -> Job:
@@ -274,6 +277,7 @@ class SaliencyService:
                 _pictures(
                     outputs.map_pixels[n],
                     outputs.map_peaks[n],
+                    None if outputs.display is None else outputs.display[n],
                     options,
                     outputs.extras[n],
                     item.image.crop,
@@ -288,6 +292,7 @@ class SaliencyService:
 def _pictures(
     pixels: np.ndarray,
     peak: float,
+    display: np.ndarray | None,
     options: Options,
     extra: Mapping[str, Any],
     crop: images.Image.Image,
@@ -305,17 +310,19 @@ def _pictures(
         },
     }
     pictures["saliency"].update(METHODS[options.method].describe(options.settings), **extra)
-    if options.colormap != "gray" or options.overlay:
-        colored = rendering.colorize(pixels, options.colormap)
+    if display is not None and (options.colormap != "gray" or options.overlay):
+        colored = rendering.colorize(display, options.colormap)
         if options.colormap != "gray":
             pictures["heatmap"] = {
                 "png": rendering.png_base64(colored),
                 "colormap": options.colormap,
+                "clip": options.clip,
             }
         if options.overlay:
             pictures["overlay"] = {
-                "png": rendering.png_base64(rendering.blend(crop, colored)),
+                "png": rendering.png_base64(rendering.blend(crop, colored, display)),
                 "colormap": options.colormap,
+                "clip": options.clip,
                 "alpha": rendering.OVERLAY_ALPHA,
             }
     return pictures

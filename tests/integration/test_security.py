@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -177,7 +177,7 @@ def test_expired_keys_are_refused_and_the_api_key_issues_new_ones(tmp_path, monk
     try:
         old = dict(server.keys)
         expires = max(_expiry(server.workdir, "inference"), _expiry(server.workdir, "management"))
-        time.sleep(max(0.0, (expires - datetime.now(timezone.utc)).total_seconds()) + 1)
+        time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 1)
         assert refused(management(server, "GET", "/models", "management"))
         assert refused(
             requests.get(

@@ -10,7 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from saliency_service.rendering import blend, colorize, png_base64, quantise
+from saliency_service.rendering import (
+    COLORMAPS,
+    blend,
+    colorize,
+    display_levels,
+    png_base64,
+    quantise,
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +116,50 @@ def test_blend_is_the_weighted_mean() -> None:
     crop = Image.new("RGB", (4, 3), (100, 100, 100))
     colored = np.zeros((3, 4, 3), dtype=np.uint8)
     colored[...] = (200, 0, 50)
-    mixed = blend(crop, colored)
+    mixed = blend(crop, colored, alpha=0.5)
     assert mixed.dtype == np.uint8
     assert mixed.shape == (3, 4, 3)
     assert (mixed == (150, 50, 75)).all()
     np.testing.assert_array_equal(blend(crop, colored, alpha=0.0), np.asarray(crop))
     np.testing.assert_array_equal(blend(crop, colored, alpha=1.0), colored)
+
+
+def test_the_overlay_opacity_follows_the_map() -> None:
+    """Where the map is 0 the photo shows unchanged; at its top, ``alpha`` of the colour."""
+    crop = Image.new("RGB", (3, 1), (100, 100, 100))
+    colored = np.full((1, 3, 3), 200, dtype=np.uint8)
+    levels = np.array([[0, 51, 255]], dtype=np.uint8)
+    mixed = blend(crop, colored, levels, alpha=0.5)
+    assert mixed[0, :, 0].tolist() == [100, 110, 150]  # 100 + 100 * 0.5 * (0, 0.2, 1)
+
+
+def test_display_levels_clip_at_the_percentile_and_keep_the_order() -> None:
+    generator = torch.Generator().manual_seed(3)
+    maps = torch.rand(2, 20, 20, generator=generator, dtype=torch.float64) ** 4
+    levels = display_levels(maps, [90.0, 100.0])
+    top = float(torch.quantile(maps[0].flatten(), 0.9))
+    expected = np.round(np.clip(maps[0].numpy() / top, 0, 1) * 255)
+    assert np.abs(levels[0].astype(int) - expected).max() <= 1
+    assert (levels[0] == 255).mean() == pytest.approx(0.1, abs=0.01)  # the top 10% saturate
+    assert (levels[1] == 255).sum() == 1  # 100: only the maximum
+    order = np.argsort(maps[0].numpy().ravel(), kind="stable")
+    assert (np.diff(levels[0].ravel()[order].astype(int)) >= 0).all()
+
+
+def test_display_levels_of_an_all_zero_map_are_zero() -> None:
+    assert display_levels(torch.zeros(1, 4, 4), [99.0]).max() == 0
+    sparse = torch.zeros(1, 10, 10)
+    sparse[0, 0, 0] = 2.0  # the 99th percentile is 0: the maximum sets the scale instead
+    assert display_levels(sparse, [99.0])[0, 0, 0] == 255
+
+
+@pytest.mark.parametrize("name", ["inferno", "viridis"])
+def test_perceptual_colormaps_brighten_steadily(name: str) -> None:
+    """Their point: lightness rises monotonically from dark to bright (Rec. 709 luma here)."""
+    lut = COLORMAPS[name].astype(float)
+    luma = lut @ np.array([0.2126, 0.7152, 0.0722])
+    assert (np.diff(luma) > -0.5).all()  # rounding to 8 bits only
+    assert luma[0] < 40 and luma[-1] > 200
 
 
 # --- PNG -------------------------------------------------------------------------------------
