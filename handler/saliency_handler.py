@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from saliency_service import transport
 from saliency_service.pipeline import BatchReport, SaliencyService, ServiceConfig
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,11 @@ MODEL_NAME_DIMENSION = "ModelName"
 STAGE_SECONDS = "saliency_stage_latency_seconds"  # histogram: ModelName, Level, Stage
 BATCH_SIZE = "saliency_batch_size"  # histogram: ModelName, Level
 ERRORS = "saliency_errors_total"  # counter: ModelName, Level, ErrorCode
+STREAM2_WARNING = (
+    "gRPC StreamPredictions2 request: TorchServe 0.12's front end cannot deliver its answer for "
+    "this model and stops this worker without restarting it (README, 'gRPC'); scale the model's "
+    "workers or restart TorchServe, and keep the gRPC port from such clients"
+)
 
 
 class SaliencyHandler:
@@ -67,6 +73,12 @@ class SaliencyHandler:
             context.set_response_content_type(index, "application/json")
             if answer.status != HTTPStatus.OK:
                 context.set_response_status(answer.status, HTTPStatus(answer.status).phrase, index)
+            # gRPC StreamPredictions needs ts_stream_next, or the front end restarts the worker.
+            properties = context.get_all_request_header(index)
+            for name, value in transport.response_headers(properties).items():
+                context.set_response_header(index, name, value)
+            if transport.stream_predictions2(properties):
+                log.error(STREAM2_WARNING)
         self._record(context, self.service.last_report)
         return [json.dumps(answer.body, separators=(",", ":")).encode() for answer in answers]
 

@@ -15,7 +15,7 @@ default options (class + vanilla-gradient map); (c) the stock handler's ``/expla
 IntegratedGradients, 15 steps), with far fewer requests since each takes seconds.
 
 Then, in process (server stopped): seconds per stage at batch 1, 8 and 32, the ratio
-forward + input gradient / forward alone at batch 8, and the optimisation levers of issue 4.
+forward + input gradient / forward alone at batch 8, and the optimisation levers.
 
 The results are printed as Markdown and written between the markers of --output; the text
 around the markers is kept. The load generator runs on the same cores as the server.
@@ -1207,7 +1207,7 @@ def render(
                 )
         w("")
     if served and process:
-        w("### Targets (issue 4, CPU)")
+        w("### Targets (CPU)")
         w("")
         b8, a8 = cells[("b", 8)], cells[("a_stock", 8)]
         c8 = cells.get(("c", 8))

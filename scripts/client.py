@@ -1,16 +1,22 @@
 """Send images to the squeezenet_saliency TorchServe model and save its answers.
 
-Standard library only, so it runs with any python3 >= 3.7. For every image it writes into --out:
-<stem>.json (the full response), <stem>.saliency.png, and <stem>.heatmap.png / <stem>.overlay.png
-when the server sends them. Folders are searched recursively for image files.
+Standard library only over HTTP, so it runs with any python3 >= 3.7. For every image it writes
+into --out: <stem>.json (the full response), <stem>.saliency.png, and <stem>.heatmap.png /
+<stem>.overlay.png when the server sends them. Folders are searched recursively for image files.
+
+--grpc calls TorchServe's gRPC inference API (Predictions) instead; it needs grpcio, grpcio-tools
+and googleapis-common-protos (requirements-dev.txt) and compiles TorchServe's own protos
+(tests/proto/) at run time with scripts/grpc_stubs.py.
 
 Usage:
     python3 scripts/client.py IMAGE_OR_FOLDER [...] [--out out/] [--concurrency 8]
         [--target INDEX_OR_NAME] [--topk 1-20] [--objective score|loss] [--colormap gray|hot]
         [--overlay] [--explain] [--url http://127.0.0.1:8080] [--timeout 120]
+        [--grpc [--grpc-address 127.0.0.1:7070]]
         [--key-file key_file.json | --token TOKEN]  (or the environment variable SALIENCY_TOKEN)
 
     python3 scripts/client.py photos/ --colormap hot --overlay --out out/
+    .venv/bin/python scripts/client.py photos/ --grpc --topk 3
 
 As a library (scripts/figure.py does this):
     from client import load_token, post_image
@@ -27,7 +33,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "squeezenet_saliency"
 FALLBACK_URL = "http://127.0.0.1:8080"
+FALLBACK_GRPC_ADDRESS = "127.0.0.1:7070"
 DEFAULT_KEY_FILE = ROOT / "key_file.json"
 DEFAULT_CONFIG = ROOT / "config.properties"
 DEFAULT_TIMEOUT = 120.0
@@ -68,18 +75,30 @@ def load_token(key_file: str | Path) -> str:
         raise ServiceError("no_token", f"{path} has no inference key") from None
 
 
-def default_url(config: Path = DEFAULT_CONFIG) -> str:
-    """inference_address from the repository's config.properties, else the TorchServe default."""
+def _config_value(config: Path, name: str) -> str | None:
     try:
         lines = config.read_text().splitlines()
     except OSError:
-        return FALLBACK_URL
+        return None
     for line in lines:
         key, _, value = line.partition("=")
-        if key.strip() == "inference_address" and value.strip():
-            # A server listening on every interface is still reached through loopback.
-            return value.strip().replace("://0.0.0.0", "://127.0.0.1")
-    return FALLBACK_URL
+        if key.strip() == name and value.strip():
+            return value.strip()
+    return None
+
+
+def default_url(config: Path = DEFAULT_CONFIG) -> str:
+    """inference_address from the repository's config.properties, else the TorchServe default."""
+    address = _config_value(config, "inference_address")
+    # A server listening on every interface is still reached through loopback.
+    return address.replace("://0.0.0.0", "://127.0.0.1") if address else FALLBACK_URL
+
+
+def default_grpc_address(config: Path = DEFAULT_CONFIG) -> str:
+    """host:port of the gRPC inference API in config.properties, else TorchServe's default."""
+    host = _config_value(config, "grpc_inference_address") or "127.0.0.1"
+    port = _config_value(config, "grpc_inference_port") or FALLBACK_GRPC_ADDRESS.split(":")[1]
+    return f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
 
 
 def encode_body(image: bytes, options: Mapping[str, Any]) -> tuple[bytes, str]:
@@ -126,6 +145,71 @@ def post_image(
         raise _transport_error(exc.reason, url, timeout) from None
     except OSError as exc:  # timeouts while reading, connections reset mid-answer
         raise _transport_error(exc, url, timeout) from None
+
+
+def grpc_input(image: bytes, options: Mapping[str, Any]) -> dict[str, bytes]:
+    """A PredictionsRequest's input map: the image under "data", options as text (multipart's
+    conventions: "281" is an index, "true"/"false" booleans)."""
+    fields = {"data": image}
+    for name, value in options.items():
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        fields[name] = text.encode("utf-8")
+    return fields
+
+
+class GrpcClient:
+    """TorchServe's gRPC inference API: one channel, shared by the threads (grpc allows it)."""
+
+    def __init__(self, address: str, token: str | None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        try:
+            import grpc
+            from grpc_stubs import StubsUnavailable, load
+        except ImportError as exc:
+            raise ServiceError(
+                "no_grpc", f"{exc.name} is not installed: pip install -r requirements-dev.txt"
+            ) from None
+        try:
+            stubs = load()
+        except StubsUnavailable as exc:
+            raise ServiceError("no_grpc", str(exc)) from None
+        self.address, self.timeout = address, timeout
+        self._grpc = grpc
+        self._request = stubs.inference_pb2.PredictionsRequest
+        self._channel = grpc.insecure_channel(address)
+        self._stub = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def predict(self, image: str | Path | bytes, options: Mapping[str, Any] | None = None) -> dict:
+        """Like post_image: the decoded answer, or ServiceError with the server's error code."""
+        data = image if isinstance(image, bytes) else Path(image).read_bytes()
+        fields = grpc_input(data, {k: v for k, v in (options or {}).items() if v is not None})
+        request = self._request(model_name=MODEL_NAME, input=fields)
+        try:
+            reply = self._stub.Predictions(request, metadata=self._metadata, timeout=self.timeout)
+        except self._grpc.RpcError as exc:
+            raise self._rpc_error(exc) from None
+        answer = _decode_answer(reply.prediction)
+        # TorchServe sends the service's errors with gRPC status OK: the body says it failed.
+        error = answer.get("error")
+        if isinstance(error, dict):
+            raise ServiceError(str(error.get("code")), str(error.get("message")))
+        return answer
+
+    def _rpc_error(self, exc: Any) -> ServiceError:
+        """An error of the front end (token, queue, unknown model) or of the connection."""
+        status, details = exc.code(), (exc.details() or "").strip()
+        codes = self._grpc.StatusCode
+        if status == codes.UNAVAILABLE:
+            return ServiceError("unreachable", f"cannot reach {self.address}: {details}")
+        if status == codes.DEADLINE_EXCEEDED:
+            message = f"no answer from {self.address} within {self.timeout:g} s"
+            return ServiceError("timeout", message)
+        if status == codes.PERMISSION_DENIED:
+            details += " (check --key-file / --token: the key changes at every server start)"
+        return ServiceError(status.name, details.splitlines()[0] if details else status.name)
+
+    def close(self) -> None:
+        self._channel.close()
 
 
 def _decode_answer(raw: bytes) -> dict:
@@ -254,10 +338,14 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def server_from_args(args: argparse.Namespace) -> tuple[str, str]:
-    """The URL and token the arguments name; raises ServiceError when no token can be found."""
-    url = args.url or default_url()
+    """The address (URL, or host:port for --grpc) and token the arguments name; raises
+    ServiceError when no token can be found."""
+    if getattr(args, "grpc", False):
+        address = args.grpc_address or default_grpc_address()
+    else:
+        address = args.url or default_url()
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
-    return url, token if token is not None else load_token(args.key_file)
+    return address, token if token is not None else load_token(args.key_file)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -278,34 +366,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--noise", type=float, help="SmoothGrad: sigma / input range (0.15)")
     parser.add_argument("--seed", type=int, help="SmoothGrad: noise seed (the server draws one)")
     add_server_arguments(parser)
+    parser.add_argument("--grpc", action="store_true", help="use the gRPC inference API")
+    parser.add_argument(
+        "--grpc-address",
+        help="gRPC inference host:port (default: config.properties, else 127.0.0.1:7070)",
+    )
     args = parser.parse_args(argv)
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
+    if args.grpc and (args.explain or args.url):
+        parser.error("--explain and --url are HTTP options; gRPC has Predictions only")
+    if args.grpc_address and not args.grpc:
+        parser.error("--grpc-address needs --grpc")
     return args
 
 
+Sender = Callable[[Path, Mapping[str, Any]], dict]
+
+
+def make_sender(args: argparse.Namespace, server: tuple[str, str]) -> Sender:
+    """What sends one image: a POST, or a gRPC Predictions call with --grpc."""
+    if args.grpc:
+        return GrpcClient(server[0], server[1], args.timeout).predict
+
+    def send(path: Path, options: Mapping[str, Any]) -> dict:
+        return post_image(path, options, server[0], server[1], args.timeout, args.explain)
+
+    return send
+
+
 def process(
-    path: Path,
-    stem: str,
-    options: Mapping[str, Any],
-    args: argparse.Namespace,
-    server: tuple[str, str],
+    path: Path, stem: str, options: Mapping[str, Any], args: argparse.Namespace, send: Sender
 ) -> str:
-    """Post one image, save its answer and return the progress text (ServiceError on failure)."""
+    """Send one image, save its answer and return the progress text (ServiceError on failure)."""
     started = time.monotonic()
-    answer = post_image(path, options, server[0], server[1], args.timeout, args.explain)
+    answer = send(path, options)
     elapsed_ms = (time.monotonic() - started) * 1000
     save_answer(answer, args.out, stem)
     return f"{summary(answer)} ({elapsed_ms:.0f} ms)"
 
 
-def run(paths: list[Path], args: argparse.Namespace, server: tuple[str, str]) -> int:
-    """Post all images concurrently; print progress on stderr; return how many failed."""
+def run(paths: list[Path], args: argparse.Namespace, server: tuple[str, str], send: Sender) -> int:
+    """Send all images concurrently; print progress on stderr; return how many failed."""
     options = request_options(args)
     failed, unreachable = 0, False
     with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
         futures = {
-            pool.submit(process, path, stem, options, args, server): path
+            pool.submit(process, path, stem, options, args, send): path
             for path, stem in unique_stems(paths)
         }
         for done, future in enumerate(as_completed(futures), start=1):
@@ -328,13 +435,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = find_images(args.inputs)
         server = server_from_args(args)
+        send = make_sender(args, server) if paths else None
     except (FileNotFoundError, ServiceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not paths:
         print("error: no image files found", file=sys.stderr)
         return 2
-    failed = run(paths, args, server)
+    failed = run(paths, args, server, send)
     print(f"{len(paths) - failed} ok, {failed} failed")
     return 1 if failed else 0
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Set up and start TorchServe with squeezenet_saliency, in the background; scripts/stop.sh stops it.
+# If the TorchServe this script started is still running, it is stopped and started again (after
+# the setup has rebuilt the archive), so that edits to handler/model-config.yaml take effect.
 # The token keys are written to ./key_file.json, logs to ./logs (both in the repository root).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,9 +14,26 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
 config="${TS_CONFIG:-$ROOT/config.properties}"
 pid_file="${TMPDIR:-/tmp}/.model_server.pid"
-if [[ -f "$pid_file" ]] && ! kill -0 "$(cat "$pid_file")" 2>/dev/null; then
-  echo "[serve] removing a stale pid file left by a crashed TorchServe: $pid_file"
-  rm -f "$pid_file"
+if [[ -f "$pid_file" ]]; then
+  pid="$(cat "$pid_file")"
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "[serve] removing a stale pid file left by a crashed TorchServe: $pid_file"
+    rm -f "$pid_file"
+  else
+    # Only a TorchServe JVM serving this checkout's model store is ours to restart (the store is
+    # on its command line); anything else under this pid is left alone.
+    command_line="$(ps -ww -p "$pid" -o args= 2>/dev/null || true)"
+    if [[ "$command_line" == *org.pytorch.serve.ModelServer* ]]; then
+      if [[ "$command_line" != *" -s $ROOT/model_store "* ]]; then
+        echo "[serve] another TorchServe (pid $pid, not started from $ROOT) is running with" \
+          "this TMPDIR; stop it first, or give this one its own TMPDIR." >&2
+        exit 1
+      fi
+      # Rerunning serve.sh applies edits (model-config.yaml, config.properties): restart.
+      echo "[serve] restarting the running TorchServe (pid $pid) with the rebuilt archive"
+      bash "$ROOT/scripts/stop.sh"
+    fi
+  fi
 fi
 
 # The JVM keeps the output it inherits: send it to a file, not to this terminal or a pipe.

@@ -73,7 +73,25 @@ def with_absolute_paths(config_text: str, base_dir: Path, keys=("metrics_config"
         if match and not Path(match.group(1).strip()).is_absolute():
             absolute = (base_dir / match.group(1).strip()).resolve()
             config_text = config_text.replace(match.group(0), f"{key}={absolute}", 1)
+    # The JVM's log4j2 configuration, inside vmargs: resolved against the working directory too.
+    option = re.search(r"(?m)^vmargs=.*?-Dlog4j\.configurationFile=(\S+)", config_text)
+    if (
+        option
+        and not option.group(1).startswith("file:")
+        and not Path(option.group(1)).is_absolute()
+    ):
+        absolute = (base_dir / option.group(1)).resolve()
+        config_text = config_text[: option.start(1)] + str(absolute) + config_text[option.end(1) :]
     return config_text
+
+
+def log4j_config(config_text: str, base_dir: Path) -> Path | None:
+    """The log4j2 file that a config's vmargs give the JVM, relative paths against ``base_dir``."""
+    option = re.search(r"(?m)^vmargs=.*?-Dlog4j\.configurationFile=(\S+)", config_text)
+    if not option:
+        return None
+    path = Path(option.group(1).removeprefix("file://"))
+    return path if path.is_absolute() else base_dir / path
 
 
 def read_keys(workdir: Path) -> dict[str, str]:
@@ -156,6 +174,10 @@ class Server:
 
     def url(self, kind: str) -> str:
         return f"http://127.0.0.1:{self.ports[f'{kind}_address']}"
+
+    def grpc_address(self, kind: str = "inference") -> str:
+        """host:port of the gRPC inference or management API (a grpc channel's target)."""
+        return f"127.0.0.1:{self.ports[f'grpc_{kind}_port']}"
 
     @property
     def pid_file(self) -> Path:

@@ -9,6 +9,9 @@ classic ImageNet recipe: shorter side to 256 (bilinear, antialiased), centre cro
 from __future__ import annotations
 
 import io
+import math
+import re
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -24,8 +27,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 
-# Pillow's own bomb check is a warning below 2x its limit; ours is an explicit error instead.
-Image.MAX_IMAGE_PIXELS = None
+# The formats a client may send, as Pillow names them (README's list); everything else is refused
+# before any parser of it runs. JPEG covers MPO (multi-picture JPEG from cameras), which Pillow's
+# JPEG opener hands out itself. ICO is accepted because Pillow's guard checks its nested PNG or
+# BMP before decoding it; ICNS (which nests JPEG 2000 too) and Pillow's rarer formats are not.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO")
+ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF or ICO"
 
 
 @dataclass(frozen=True)
@@ -47,43 +54,123 @@ class PreparedImage:
 
 
 def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
-    """Decode image bytes to an upright RGB image (EXIF orientation applied, first frame)."""
+    """Decode image bytes to an upright RGB image (EXIF orientation applied, first frame).
+
+    Every size that decides an allocation is checked against ``limits.max_pixels`` before any
+    pixel is decoded: the header's, those of images nested in containers (Pillow's own guard,
+    set to our limit for the call), a WebP canvas and TIFF tiles (our checks, where Pillow has
+    none or a looser one). Only the first frame or page is decoded; later ones are never read.
+    """
     if len(data) > limits.max_bytes:
         raise errors.payload_too_large(len(data), limits.max_bytes)
-    try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:  # only if a caller re-enabled Pillow's limit
-        raise errors.invalid_image(str(exc)) from None
-    except Image.UnidentifiedImageError:
-        raise errors.invalid_image(
-            "not a recognised image format (JPEG, PNG, WebP, GIF, BMP, TIFF, ...)"
-        ) from None
-    except (OSError, SyntaxError, ValueError, TypeError, EOFError) as exc:
-        raise errors.invalid_image(_describe(exc)) from None
-    width, height = image.size
-    if width * height > limits.max_pixels:
-        raise errors.image_too_large(width * height, limits.max_pixels)
-    if width < 1 or height < 1:
-        raise errors.invalid_image(f"it has no pixels ({width}x{height})")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow warns about odd but decodable files
+    with _PillowPixelLimit(limits.max_pixels):
+        try:
+            _check_webp_canvas(data, limits)
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _too_large(exc, limits) from None
+        except Image.UnidentifiedImageError:
+            raise errors.invalid_image(
+                f"not an image in an accepted format ({ACCEPTED_NAMES})"
+            ) from None
+        except (OSError, SyntaxError, ValueError, TypeError, EOFError) as exc:
+            raise errors.invalid_image(_describe(exc)) from None
+        width, height = image.size
+        if width * height > limits.max_pixels:
+            raise errors.image_too_large(width * height, limits.max_pixels)
+        if width < 1 or height < 1:
+            raise errors.invalid_image(f"it has no pixels ({width}x{height})")
+        _check_tiff_tiles(image, limits)
+        try:
             image.load()
             image = _orient(image)
             return to_rgb(image)
-    except (
-        OSError,
-        SyntaxError,
-        ValueError,
-        TypeError,
-        EOFError,
-        IndexError,
-        KeyError,
-        ZeroDivisionError,
-        MemoryError,
-        Image.DecompressionBombError,
-    ) as exc:
-        raise errors.invalid_image(_describe(exc)) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _too_large(exc, limits) from None
+        except (
+            OSError,
+            SyntaxError,
+            ValueError,
+            TypeError,
+            EOFError,
+            IndexError,
+            KeyError,
+            ZeroDivisionError,
+            MemoryError,
+        ) as exc:
+            raise errors.invalid_image(_describe(exc)) from None
+
+
+# Image.MAX_IMAGE_PIXELS and the warning filters are process-wide: one decode at a time sets them.
+_PILLOW_SETTINGS = threading.Lock()
+
+
+class _PillowPixelLimit:
+    """Pillow's decompression-bomb guard at exactly ``max_pixels``, as an exception.
+
+    Pillow only warns between its limit and twice its limit: that warning is made an error.
+    Pillow checks nested images where it meets them (an ICO's PNG or DIB, a GIF frame larger than
+    its screen, an MPO picture), which no header check of ours could do for every container.
+    Other warnings (odd but decodable files) are silenced. A class, not @contextmanager: a
+    generator would set ``__traceback__`` on our frozen RequestError on its way out, which fails.
+    """
+
+    def __init__(self, max_pixels: int) -> None:
+        self.max_pixels = max_pixels
+        self.previous: int | None = None
+        self.warnings = warnings.catch_warnings()
+
+    def __enter__(self) -> None:
+        _PILLOW_SETTINGS.acquire()
+        self.warnings.__enter__()
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        self.previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, self.max_pixels
+
+    def __exit__(self, *exc_info: object) -> None:
+        Image.MAX_IMAGE_PIXELS = self.previous
+        self.warnings.__exit__(*exc_info)
+        _PILLOW_SETTINGS.release()
+
+
+def _too_large(exc: Exception, limits: ImageLimits) -> errors.RequestError:
+    found = re.search(r"\((\d+) pixels\)", str(exc))  # "Image size (N pixels) exceeds ..."
+    pixels = int(found.group(1)) if found else limits.max_pixels + 1
+    return errors.image_too_large(pixels, limits.max_pixels)
+
+
+def _check_webp_canvas(data: bytes, limits: ImageLimits) -> None:
+    """WebP's decoder allocates its canvas when Pillow opens the file, and Pillow checks it
+    there only against twice its limit: read the canvas size from the header first."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP" or len(data) < 30:
+        return
+    chunk, size = data[12:16], None
+    if chunk == b"VP8X":  # extended: 24-bit canvas width - 1, height - 1
+        size = int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    elif chunk == b"VP8L" and data[20] == 0x2F:  # lossless: 14-bit width - 1, height - 1
+        bits = int.from_bytes(data[21:25], "little")
+        size = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    elif chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy: 14-bit width, height
+        size = (
+            int.from_bytes(data[26:28], "little") & 0x3FFF,
+            int.from_bytes(data[28:30], "little") & 0x3FFF,
+        )
+    if size and size[0] * size[1] > limits.max_pixels:
+        raise errors.image_too_large(size[0] * size[1], limits.max_pixels)
+
+
+_TILE_WIDTH, _TILE_LENGTH = 322, 323
+
+
+def _check_tiff_tiles(image: Image.Image, limits: ImageLimits) -> None:
+    """libtiff allocates a whole tile whatever the image's size: a tiny image may declare
+    tiles of 65535 x 65535 pixels."""
+    tags = getattr(image, "tag_v2", None)
+    if image.format != "TIFF" or tags is None:
+        return
+    width, length = tags.get(_TILE_WIDTH), tags.get(_TILE_LENGTH)
+    if isinstance(width, int) and isinstance(length, int) and width * length > limits.max_pixels:
+        raise errors.image_too_large(width * length, limits.max_pixels)
 
 
 def _describe(exc: BaseException) -> str:
@@ -154,8 +241,19 @@ class CropGeometry:
 
     @property
     def crop_box(self) -> tuple[int, int, int, int]:
-        x0, y0, x1, y1 = (round(v) for v in self.source_box)
-        return x0, y0, x1, y1
+        """The crop in whole original pixels: edges rounded to the nearest pixel boundary, except
+        where the crop spans under a pixel of the original (the short side of an extreme strip
+        would round to an empty box): there, the pixels the crop touches."""
+        x0, y0, x1, y1 = self.source_box
+        (left, right), (top, bottom) = _pixel_span(x0, x1), _pixel_span(y0, y1)
+        return left, top, right, bottom
+
+
+def _pixel_span(start: float, end: float) -> tuple[int, int]:
+    low, high = round(start), round(end)
+    if high > low:
+        return low, high
+    return math.floor(start), max(math.ceil(end), math.floor(start) + 1)
 
 
 def crop_geometry(width: int, height: int) -> CropGeometry:

@@ -159,6 +159,23 @@ def test_start_after_a_crash_then_a_clean_stop(checkout) -> None:
     assert checkout.server_pid() != jvm
     assert checkout.predict().status_code == 200
 
+    # 3b. Running serve.sh again (after editing model-config.yaml, say) restarts the server it
+    #     started instead of failing with "TorchServe is already running".
+    jvm, workers = checkout.server_pid(), checkout.worker_pids()
+    again = checkout.run("serve.sh")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"restarting the running TorchServe (pid {jvm})" in again.stdout
+    assert not pid_alive(jvm)
+    assert checkout.server_pid() != jvm
+    assert checkout.predict().status_code == 200
+    assert not any(pid_alive(p) for p in workers)
+    # Its logs are files under logs/; the console (the JVM's stdout) gets nothing per request.
+    console = checkout.root / "logs" / "console.log"
+    size = console.stat().st_size
+    assert checkout.predict().status_code == 200
+    assert console.stat().st_size == size
+    assert (checkout.root / "logs" / "access_log.log").stat().st_size > 0
+
     # 4. A clean stop: JVM and workers gone, pid file and keys removed, ports free.
     jvm, workers = checkout.server_pid(), checkout.worker_pids()
     start = time.monotonic()
@@ -175,3 +192,23 @@ def test_start_after_a_crash_then_a_clean_stop(checkout) -> None:
     assert not (checkout.root / "key_file.json").exists()
     assert not checkout.port_open("inference_address")
     assert not checkout.port_open("management_address")
+
+
+def test_a_torchserve_of_another_checkout_is_left_alone(checkout, tmp_path) -> None:
+    """serve.sh restarts only the TorchServe serving its own model store."""
+    other = subprocess.Popen(
+        [
+            *("python3", "-c", "import time; time.sleep(600)"),
+            *("org.pytorch.serve.ModelServer", "-s", str(tmp_path / "elsewhere"), "-ncs"),
+        ]
+    )
+    try:
+        checkout.pid_file.write_text(str(other.pid))
+        result = checkout.run("serve.sh")
+        assert result.returncode != 0
+        assert "another TorchServe" in result.stderr
+        assert other.poll() is None
+        assert checkout.pid_file.read_text().strip() == str(other.pid)
+    finally:
+        other.kill()
+        other.wait()

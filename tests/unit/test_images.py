@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import struct
 import time
 import zlib
@@ -147,6 +148,43 @@ def test_crop_box_is_the_centred_224_of_256(size) -> None:
     assert 0 <= box[1] < box[3] <= height
     for actual, expected in zip(box, ideal, strict=True):
         assert abs(actual - expected) <= 1, (box, ideal)
+
+
+@pytest.mark.parametrize(
+    "size", [(1, 10000), (10000, 1), (1, 299), (1, 30000), (2, 5000), (3, 100000), (5000, 3)]
+)
+def test_crop_box_of_extreme_strips_is_never_empty(size) -> None:
+    """The crop spans 224/256 of the short side in both directions: under a pixel of a 1-pixel
+    strip's length. The box is then the pixels that span touches, never an empty range."""
+    width, height = size
+    x0, y0, x1, y1 = preprocess(noise(width, height)).crop_box
+    assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    half = 112 * min(width, height) / 256  # computed here from the recipe, not from images.py
+    for low, high, centre in ((x0, x1, width / 2), (y0, y1, height / 2)):
+        ideal_low, ideal_high = centre - half, centre + half
+        if ideal_high - ideal_low < 1:
+            assert (low, high) == (math.floor(ideal_low), math.ceil(ideal_high)), size
+        else:
+            assert abs(low - ideal_low) <= 1 and abs(high - ideal_high) <= 1, size
+
+
+@pytest.mark.parametrize(
+    ("size", "box"), [((1, 10000), (0, 4999, 1, 5001)), ((10000, 1), (4999, 0, 5001, 1))]
+)
+def test_the_model_sees_exactly_the_crop_box_of_a_strip(size, box) -> None:
+    """Pixels beyond the box (and the bilinear filter's 1-pixel reach) do not change the model's
+    input; pixels inside it do."""
+    original = np.asarray(noise(*size, seed=3))
+    prepared = preprocess(Image.fromarray(original))
+    assert prepared.crop_box == box
+    x0, y0, x1, y1 = box
+    outside = (255 - original).astype(np.uint8)  # every pixel changed ...
+    near = np.s_[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1]
+    outside[near] = original[near]  # ... except the box and its margin
+    assert torch.equal(preprocess(Image.fromarray(outside)).tensor, prepared.tensor)
+    inside = original.copy()
+    inside[y0:y1, x0:x1] = 255 - inside[y0:y1, x0:x1]
+    assert not torch.equal(preprocess(Image.fromarray(inside)).tensor, prepared.tensor)
 
 
 # --- decoding: formats and modes ---------------------------------------------------------------
@@ -361,6 +399,8 @@ def test_size_limit_boundary(encoder) -> None:
     assert "110" in error.message
 
 
+# The premise opens the bomb with Pillow's default guard, which warns about it.
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_decompression_bomb_is_refused_before_decoding(monkeypatch) -> None:
     bomb = bilevel_png(12000, 12000)  # 144 megapixels in ~20 kB
     assert len(bomb) < 100_000
