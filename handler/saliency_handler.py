@@ -53,6 +53,13 @@ class SaliencyHandler:
             device = torch.device(f"cuda:{gpu_id}")
         else:
             device = torch.device("cpu")
+            if gpu_id is not None:  # TorchServe saw a GPU that PyTorch cannot use
+                log.warning(
+                    "GPU %s was assigned but PyTorch (CUDA %s) sees no usable CUDA device (a "
+                    "driver older than the wheel needs?): serving on the CPU",
+                    gpu_id,
+                    torch.version.cuda,
+                )
         handler_config = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
         weights = model_dir / context.manifest["model"]["serializedFile"]
         self.service = SaliencyService.from_files(
