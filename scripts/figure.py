@@ -4,20 +4,33 @@ Each column shows the 224x224 crop the model saw (the original cut to the answer
 resized), its saliency map from the running squeezenet_saliency server, and a caption with the
 predicted class and its probability. The server is called through scripts/client.py.
 
+With --methods, one row per photo instead: the crop, then its map under every explanation method
+(the noisy methods with a fixed --seed, so the figure is reproducible). IMAGE may be a file or
+``skimage:NAME`` (scikit-image's photos, e.g. skimage:chelsea). --start-server serves the
+request with a TorchServe of its own (scripts/torchserve_ctl.py's Server, model_store's archive,
+production config on free ports) instead of the running one.
+
 Usage:
     .venv/bin/python scripts/figure.py IMAGE [IMAGE ...] [--out out/figure.png]
         [--colormap gray|hot] [--objective score|loss] [--size 224]
+        [--methods [vanilla,gradcam,...]] [--seed 0] [--start-server]
         [--url http://127.0.0.1:8080] [--key-file key_file.json | --token TOKEN] [--timeout 120]
 
     .venv/bin/python scripts/figure.py cat.png coffee.png --colormap hot --out docs/figure.png
+    .venv/bin/python scripts/figure.py skimage:chelsea skimage:coffee --methods --colormap hot \
+        --size 160 --start-server --out docs/methods.png
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
+import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,27 +45,52 @@ LINE_SPACING = 4
 INK = (0, 0, 0)
 MUTED = (90, 90, 90)  # the probability, quieter than the label
 WHITE = (255, 255, 255)
+# The service's methods, in the README's order (kept here: this script needs no torch).
+METHODS = ("vanilla", "gradcam", "smoothgrad", "smoothgrad_sq", "vargrad", "integrated_gradients")
+NOISY = ("smoothgrad", "smoothgrad_sq", "vargrad")  # take a seed
+SKIMAGE = "skimage:"
+
+
+def read_source(source: str) -> bytes:
+    """A file's bytes, or ``skimage:NAME``: that scikit-image photo as PNG."""
+    if not source.startswith(SKIMAGE):
+        return Path(source).read_bytes()
+    from skimage import data  # only for these names: a dev requirement
+
+    name = source.removeprefix(SKIMAGE)
+    if name not in data.__all__:
+        raise OSError(f"{source}: scikit-image has no photo {name!r}")
+    buffer = io.BytesIO()
+    Image.fromarray(getattr(data, name)()).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def fetch(
-    paths: list[Path], options: dict[str, Any], server: tuple[str, str], timeout: float
+    sources: list[tuple[str, bytes]],
+    options: dict[str, Any],
+    server: tuple[str, str],
+    timeout: float,
 ) -> list[dict]:
-    """The server's answers, in the order of ``paths`` (requests run concurrently)."""
+    """The server's answers for (name, image bytes), in order (requests run concurrently)."""
     url, token = server
 
-    def one(path: Path) -> dict:
+    def one(source: tuple[str, bytes]) -> dict:
         try:
-            return post_image(path, options, url, token, timeout)
+            return post_image(source[1], options, url, token, timeout)
         except ServiceError as exc:  # name the image: the server's message cannot
-            raise ServiceError(exc.code, f"{path}: {exc.message}", exc.status) from None
+            raise ServiceError(exc.code, f"{source[0]}: {exc.message}", exc.status) from None
 
-    with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
-        return list(pool.map(one, paths))
+    with ThreadPoolExecutor(max_workers=min(8, len(sources))) as pool:
+        return list(pool.map(one, sources))
 
 
-def model_crop(path: Path, crop_box: list[int], size: int) -> Image.Image:
+def method_options(method: str, options: dict[str, Any], seed: int) -> dict[str, Any]:
+    return {**options, "method": method, **({"seed": seed} if method in NOISY else {})}
+
+
+def model_crop(image_data: bytes, crop_box: list[int], size: int) -> Image.Image:
     """The region the model saw, oriented by EXIF and flattened on white like the server does."""
-    with Image.open(path) as original:
+    with Image.open(io.BytesIO(image_data)) as original:
         image = ImageOps.exif_transpose(original) or original
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             rgba = image.convert("RGBA")
@@ -64,14 +102,16 @@ def model_crop(path: Path, crop_box: list[int], size: int) -> Image.Image:
 
 
 def map_tile(answer: dict, colormap: str, size: int) -> Image.Image:
-    """The server's saliency map (or its hot heatmap); nearest-neighbour keeps pixels crisp."""
+    """The server's saliency map (or its hot heatmap): enlarged nearest-neighbour, which keeps
+    pixels crisp; shrunk by area averaging, which keeps a fine pattern from aliasing."""
     picture = answer.get("heatmap") if colormap == "hot" else answer.get("saliency")
     if not picture or not picture.get("png"):
         raise ServiceError("bad_response", f"the answer has no {colormap} saliency picture")
     tile = Image.open(io.BytesIO(base64.b64decode(picture["png"]))).convert("RGB")
-    return (
-        tile if tile.size == (size, size) else tile.resize((size, size), Image.Resampling.NEAREST)
-    )
+    if tile.size == (size, size):
+        return tile
+    shrink = size < min(tile.size)
+    return tile.resize((size, size), Image.Resampling.BOX if shrink else Image.Resampling.NEAREST)
 
 
 def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -129,15 +169,84 @@ def compose(
     return figure
 
 
+def compose_methods(
+    photos: list[Image.Image],
+    maps: list[list[Image.Image]],
+    answers: list[dict],
+    titles: list[str],
+    size: int,
+) -> Image.Image:
+    """One row per photo: the crop (its prediction below it), then one map per method; the
+    method names head the columns."""
+    font = load_font(max(12, round(size / 14)))
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    captions = [caption(answer, font, size, scratch) for answer in answers]
+    _, top, _, bottom = scratch.textbbox((0, 0), "Ag", font=font)
+    line_height = bottom - top + LINE_SPACING
+    caption_height = max(len(lines) for lines in captions) * line_height
+    row_height = size + CAPTION_GAP + caption_height
+    columns = len(titles)
+    width = 2 * MARGIN + columns * size + (columns - 1) * GAP
+    height = 2 * MARGIN + line_height + CAPTION_GAP + len(photos) * (row_height + GAP) - GAP
+    figure = Image.new("RGB", (width, height), WHITE)
+    draw = ImageDraw.Draw(figure)
+
+    def centred(text: str, x: int, y: int, colour: tuple[int, int, int]) -> None:
+        draw.text((x + (size - draw.textlength(text, font=font)) / 2, y), text, colour, font)
+
+    for column, title in enumerate(titles):
+        centred(title, MARGIN + column * (size + GAP), MARGIN - top, INK)
+    for row, (photo, tiles, lines) in enumerate(zip(photos, maps, captions, strict=True)):
+        y = MARGIN + line_height + CAPTION_GAP + row * (row_height + GAP)
+        for column, tile in enumerate([photo, *tiles]):
+            figure.paste(tile, (MARGIN + column * (size + GAP), y))
+        text_y = y + size + CAPTION_GAP - top
+        for text, colour in lines:
+            centred(text, MARGIN, text_y, colour)
+            text_y += line_height
+    return figure
+
+
+@contextlib.contextmanager
+def own_server() -> Iterator[tuple[str, str]]:
+    """(URL, token) of a TorchServe of this script's own: model_store's archive, production
+    config on free ports, as served (OMP_WAIT_POLICY=PASSIVE); stopped on the way out."""
+    from bench_methods import MAR, stale_entries  # torch and the server harness: only here
+    from torchserve_ctl import ROOT, Server
+
+    stale = stale_entries(MAR, ROOT / "handler") if MAR.is_file() else ["missing"]
+    if stale:  # a figure of old code would be a wrong figure
+        raise ServiceError(
+            "stale_archive", f"{MAR} ({', '.join(stale[:3])}): run scripts/build_mar.py"
+        )
+    with tempfile.TemporaryDirectory(prefix="figure-") as work:
+        environment = {"OMP_WAIT_POLICY": "PASSIVE"}
+        server = Server(workdir=Path(work), model_store=MAR.parent, env=environment)
+        server.start()
+        try:
+            yield server.url("inference"), server.keys["inference"]
+        finally:
+            server.stop()
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Photos above their saliency maps, as in Simonyan et al. (2014), Figure 2."
     )
-    parser.add_argument("images", nargs="+", type=Path, help="image files, one column each")
+    parser.add_argument(
+        "images", nargs="+", help="image files or skimage:NAME, one column (row) each"
+    )
     parser.add_argument("--out", type=Path, default=Path("out/figure.png"), help="PNG to write")
     parser.add_argument("--colormap", choices=["gray", "hot"], default="gray")
     parser.add_argument("--objective", choices=["score", "loss"], help="what to differentiate")
     parser.add_argument("--size", type=int, default=224, help="tile size in pixels (224)")
+    parser.add_argument(
+        "--methods", action="store_true", help="one row per image, one column per method"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="noise seed of the SmoothGrad family")
+    parser.add_argument(
+        "--start-server", action="store_true", help="serve with a TorchServe of this script's own"
+    )
     add_server_arguments(parser)
     args = parser.parse_args(argv)
     if args.size < 32:
@@ -147,31 +256,57 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = [str(path) for path in args.images if not path.is_file()]
+    missing = [s for s in args.images if not s.startswith(SKIMAGE) and not os.path.isfile(s)]
     if missing:
         print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    options = {"colormap": args.colormap, "objective": args.objective, "topk": 1}
     try:
-        answers = fetch(args.images, options, server_from_args(args), args.timeout)
+        sources = [(name, read_source(name)) for name in args.images]
+    except (OSError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    options = {"colormap": args.colormap, "objective": args.objective, "topk": 1}
+    methods = list(METHODS) if args.methods else [None]
+    try:
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(own_server()) if args.start_server else None
+            server = server or server_from_args(args)
+            grid = [  # grid[method][image]
+                fetch(
+                    sources,
+                    method_options(m, options, args.seed) if m else options,
+                    server,
+                    args.timeout,
+                )
+                for m in methods
+            ]
     except ServiceError as exc:
         hint = f"\nhint: {SERVER_HINT}" if exc.code == "unreachable" else ""
         print(f"error: {exc}{hint}", file=sys.stderr)
         return 1
+    except (RuntimeError, TimeoutError) as exc:  # our own TorchServe did not start
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    answers = grid[0]
     try:
         photos = [
-            model_crop(p, a["crop_box"], args.size)
-            for p, a in zip(args.images, answers, strict=True)
+            model_crop(data, a["crop_box"], args.size)
+            for (_, data), a in zip(sources, answers, strict=True)
         ]
-        maps = [map_tile(answer, args.colormap, args.size) for answer in answers]
+        maps = [[map_tile(a, args.colormap, args.size) for a in row] for row in grid]
     except (OSError, ServiceError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    compose(photos, maps, answers, args.size).save(args.out)
-    for path, answer in zip(args.images, answers, strict=True):
+    if args.methods:
+        per_photo = [list(tiles) for tiles in zip(*maps, strict=True)]
+        figure = compose_methods(photos, per_photo, answers, ["photo", *methods], args.size)
+    else:
+        figure = compose(photos, maps[0], answers, args.size)
+    figure.save(args.out)
+    for (name, _), answer in zip(sources, answers, strict=True):
         prediction = answer["prediction"]
-        print(f"{path.name}: {prediction['label']} {prediction['probability']:.2f}")
+        print(f"{name}: {prediction['label']} {prediction['probability']:.2f}")
     print(f"wrote {args.out}")
     return 0
 
