@@ -62,23 +62,27 @@ def pass_gradients(
 
     With ``layer``, its output is recorded by a forward hook and differentiated too: one
     backward pass serves maps from the input gradient (vanilla) and from the layer (Grad-CAM).
-    With ``wrt_inputs=False`` the backward pass stops at the layer, which is much cheaper.
+    With ``wrt_inputs=False`` the layer's output becomes a leaf: no graph is recorded before it
+    and the backward pass stops there, which is much cheaper.
     """
     if layer is None and not wrt_inputs:
         raise ValueError("nothing to differentiate: give a layer or wrt_inputs=True")
     recorded: list[torch.Tensor] = []
 
-    def record(_module: nn.Module, _args: object, output: torch.Tensor) -> None:
+    def record(_module: nn.Module, _args: object, output: torch.Tensor) -> torch.Tensor:
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"the explained layer returns a {type(output).__name__}")
+        if not wrt_inputs:  # a fresh leaf: no graph is built (or kept) before the layer
+            output = output.detach().requires_grad_(True)
         recorded.append(output)
+        return output
 
     hook = layer.register_forward_hook(record) if layer is not None else None
     try:
         with torch.inference_mode(False), torch.enable_grad():
             # An inference tensor cannot enter autograd: a clone made outside inference mode can.
             x = inputs.clone() if inputs.is_inference() else inputs.detach()
-            x.requires_grad_(True)  # also when only the layer is wanted: frozen models need it
+            x.requires_grad_(wrt_inputs)
             logits = model(x)
             if layer is not None and len(recorded) != 1:
                 raise RuntimeError(f"the explained layer ran {len(recorded)} times, not once")
