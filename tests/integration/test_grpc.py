@@ -168,9 +168,10 @@ def test_http_and_grpc_streams_batched_together_are_each_answered_right(stub, se
     assert server.worker_pids() == workers
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def own_server(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server of its own: a sequenced StreamPredictions2 stops its model for good."""
+    """A server of its own for one test: a sequenced StreamPredictions2 stops its model for
+    good, so no other test may share it (whatever the order)."""
     instance = Server(
         workdir=tmp_path_factory.mktemp("torchserve-grpc"), model_store=server.model_store
     )
@@ -188,14 +189,16 @@ def stream2(server: Server, message: Request) -> list:
         return list(stub.StreamPredictions2(iter([message]), metadata=auth(server), timeout=60))
 
 
-def test_stream_predictions2_without_a_sequence_id_is_refused_cleanly(own_server) -> None:
-    workers = own_server.worker_pids()
-    replies = stream2(own_server, request(data=GOOD))
+def test_stream_predictions2_without_a_sequence_id_is_refused_cleanly(server) -> None:
+    """Refused by the front end itself, so the shared server is safe; the sequenced call, which
+    stops the model, gets a server of its own (``own_server``), used by that test alone."""
+    workers = server.worker_pids()
+    replies = stream2(server, request(data=GOOD))
     assert len(replies) == 1 and not replies[0].prediction
     assert replies[0].status.code == grpc.StatusCode.INTERNAL.value[0]
     assert "sequenceId is required" in replies[0].status.message
-    assert post(own_server, GOOD).json()["prediction"]["index"] == 967
-    assert own_server.worker_pids() == workers
+    assert post(server, GOOD).json()["prediction"]["index"] == 967
+    assert server.worker_pids() == workers
 
 
 def test_stream_predictions2_with_a_sequence_id_stops_the_model(own_server) -> None:
