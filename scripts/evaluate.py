@@ -1,36 +1,41 @@
 """Faithfulness report: how far the service's saliency maps can be trusted, measured.
 
-For every photo and every method (vanilla gradients, SmoothGrad, and a random map as the floor):
+For every photo, every method the service offers (vanilla, gradcam, smoothgrad, smoothgrad_sq,
+vargrad, integrated_gradients, at the service's defaults) and a random map as the floor:
 - deletion and insertion AUC (Petsiuk et al. 2018, RISE): the target class's probability while
-  pixels are removed from the photo, or put back into a blurred copy, in the map's order;
-- the model-parameter randomisation test (Adebayo et al. 2018): the Spearman rank correlation
-  between the trained model's map and the maps after re-initialising SqueezeNet's layers one by
-  one, cumulatively, from the classifier down to the first convolution.
-Prints both tables (Markdown) and writes a report (Markdown) and a figure (PNG): the mean
-deletion/insertion curves, and the first photo's maps under cascading randomisation.
+  pixels are removed from the photo, or put back into a blurred copy, in the map's order; the
+  mean over photos with a 95% Student-t interval, and the paired difference from the random map;
+- the model-parameter randomisation test (Adebayo et al. 2018) on the first photos: the Spearman
+  rank correlation between the trained model's map and the maps after re-initialising
+  SqueezeNet's layers one by one, cumulatively, from the classifier down to the first convolution.
+Prints the tables (Markdown) and writes a report (Markdown) and a figure (PNG).
 
-The metrics live in saliency_service.metrics, the maps come from saliency_service.attribution:
-the same code, model and preprocessing as the server. Weights: $SQUEEZENET_WEIGHTS, else
-torchvision's file (downloaded once into .cache/). A few minutes on 2 CPU cores.
+The maps come from the service's own engine (saliency_service.methods.explain: the photos of a
+chunk share every pass), the metrics and statistics from saliency_service.metrics: the same code,
+model, layout and preprocessing as the server. Weights: $SQUEEZENET_WEIGHTS, else torchvision's
+file (downloaded once into .cache/). About 6 s per photo plus 1-2 minutes of randomisation on 2
+otherwise idle CPU cores: 100 photos in about 12 minutes (docs/faithfulness.md, "Cost").
 
 Usage:
-    .venv/bin/python scripts/evaluate.py                 # scikit-image's chelsea and coffee: docs/
-    .venv/bin/python scripts/evaluate.py ../shared/images --out out/faithfulness
-        [--samples 25] [--noise 0.15] [--seed 0] [--pixels-per-step 224] [--batch-size 64]
+    .venv/bin/python scripts/evaluate.py                 # scikit-image's photos -> docs/
+    .venv/bin/python scripts/evaluate.py --images ../shared/images --out out/faithfulness
+        [--samples 25] [--noise 0.15] [--steps 32] [--seed 0] [--pixels-per-step 896]
+        [--randomisation-photos 8] [--batch-size 16]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import io
 import math
+import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,22 +48,43 @@ from saliency_service import images  # noqa: E402
 from saliency_service.attribution import (  # noqa: E402
     DEFAULT_NOISE,
     DEFAULT_SAMPLES,
-    smoothgrad_saliency,
-    vanilla_saliency,
+    DEFAULT_STEPS,
 )
+from saliency_service.attribution.sampled import Sampler  # noqa: E402
+from saliency_service.attribution.smoothgrad import NoisyCopies  # noqa: E402
+from saliency_service.methods import METHODS, ExplainContext, Job, explain  # noqa: E402
+from saliency_service.methods.smoothgrad import SmoothGrad  # noqa: E402
 from saliency_service.metrics import (  # noqa: E402
-    PIXELS_PER_STEP,
     Curves,
+    Interval,
     RandomisationStep,
-    cascading_randomisation,
+    across_photos,
+    blur,
+    cascading_randomisation_many,
     deletion_curves,
+    half_life,
     insertion_curves,
-    spearman,
+    mean_interval,
+    paired_difference,
 )
-from saliency_service.model import load_model  # noqa: E402
+from saliency_service.model import CAM_LAYER, load_model  # noqa: E402
 from saliency_service.weights import WeightsError, resolve_weights  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# scikit-image's natural photos of something ImageNet has a class for (free to publish):
+# name -> the skimage.data function. Textures, micrographs and drawings are left out.
+SKIMAGE_PHOTOS = {
+    "chelsea": "chelsea",  # a tabby cat
+    "coffee": "coffee",  # an espresso
+    "astronaut": "astronaut",  # Eileen Collins in a space suit (no ImageNet class fits well)
+    "rocket": "rocket",  # a rocket on its launch pad
+    "motorcycle": "stereo_motorcycle",  # the left view of the stereo pair
+    "camera": "camera",  # the cameraman with his tripod (grayscale)
+    "clock": "clock",  # a wall clock, motion-blurred (grayscale)
+}
+METHOD_NAMES = tuple(METHODS)  # the service's six, in its order
+RANDOM = "random"  # the floor: a map that knows nothing
+NOISY = ("smoothgrad", "smoothgrad_sq", "vargrad")  # one set of noisy copies serves all three
 SQUEEZENET_LAYERS = {  # torchvision module name -> the paper's layer name (Iandola et al. 2016)
     "classifier.1": "conv10",
     "features.12": "fire9",
@@ -71,12 +97,33 @@ SQUEEZENET_LAYERS = {  # torchvision module name -> the paper's layer name (Iand
     "features.3": "fire2",
     "features.0": "conv1",
 }
-COLOURS = {"vanilla": (31, 119, 180), "smoothgrad": (214, 39, 40), "random": (140, 140, 140)}
-GRADIENT_METHODS = ("vanilla", "smoothgrad")  # the random map does not depend on the model
 RHO = "\u03c1"  # Spearman's rho, in Markdown (Pillow's default font has no Greek)
-INK, MUTED, GRID, WHITE = (0, 0, 0), (90, 90, 90), (225, 225, 225), (255, 255, 255)
+# Photos explained together: the engine passes each photo twice in its single pass (a vanilla and
+# a Grad-CAM job), so 8 make one pass of 16 images, the batch size at which SqueezeNet's passes
+# cost least per image on 2 CPU cores.
+PHOTO_CHUNK = 8
+PASS_BELOW = 0.8  # a map whose rank correlation never falls below this ignored the weights
+CLOSE = 0.15  # a randomised map this close to the cross-photo correlation kept nothing learned
 
-Explainer = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+# --- the experiment ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    samples: int = DEFAULT_SAMPLES  # SmoothGrad's copies, as served
+    noise: float = DEFAULT_NOISE
+    steps: int = DEFAULT_STEPS  # Integrated Gradients' path points, as served
+    seed: int = 0  # photo n's noise has seed + n; block k is re-initialised with seed + k
+    # Every 4th of RISE's steps (896 pixels: 56 steps, not 224): 4x fewer passes, what lets 100
+    # photos fit in 15 minutes. Against the full curves (chelsea, coffee, rocket; vanilla,
+    # Grad-CAM, SmoothGrad, IG) the mean gains over random moved by <= 0.0025, single AUCs by
+    # <= 0.004; every 3rd step: 0.0015 and 0.003, for a third more time.
+    pixels_per_step: int = 896
+    randomisation_photos: int = 8  # the sanity check needs a few photos, not a hundred
+    # Images per pass. On 2 idle cores, per image: forward + gradient 13.1-13.5 ms at batch
+    # 8-16, 16.7 ms at 32; the whole run 7.2 s per photo at 16, 8.3 s at 32.
+    batch_size: int = 16
 
 
 @dataclass(frozen=True)
@@ -89,23 +136,50 @@ class Photos:
 @dataclass(frozen=True)
 class Results:
     photos: Photos
-    targets: torch.Tensor
-    labels: list[str]
-    deletion: dict[str, Curves]
+    labels: list[str]  # each photo's explained class: the trained model's prediction
+    deletion: dict[str, Curves]  # METHOD_NAMES and RANDOM
     insertion: dict[str, Curves]
-    randomisation: dict[str, list[RandomisationStep]]
-    across_photos: dict[str, float]  # Spearman between the trained maps of different photos
-    settings: dict
+    randomisation: dict[str, list[RandomisationStep]]  # METHOD_NAMES, first photos only
+    settings: Settings
+    seconds: dict[str, float] = field(default_factory=dict)  # wall clock per stage
 
 
-def default_photos() -> dict[str, bytes]:
-    """scikit-image's chelsea (a cat) and coffee (an espresso): freely licensed, always there."""
+class SharedNoise(SmoothGrad):
+    """SmoothGrad whose answer also carries SmoothGrad-Squared and VarGrad of the *same* noisy
+    copies: the three differ in the aggregate only (methods/smoothgrad.py), so one set of passes
+    gives each map the service computes for that method and seed, at a third of the cost."""
+
+    name = "shared_noise"
+
+    def results(
+        self,
+        model: torch.nn.Module,
+        jobs: Sequence[Job],
+        samplers: Sequence[Sampler],
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+        answers = []
+        for sampler in samplers:
+            assert isinstance(sampler, NoisyCopies)
+            others = {name: sampler.aggregate(METHODS[name].aggregate) for name in NOISY[1:]}
+            answers.append((sampler.aggregate(self.aggregate), others))
+        return answers
+
+
+SHARED_NOISE = SharedNoise()
+
+
+def skimage_photos() -> dict[str, bytes]:
+    """scikit-image's photos (SKIMAGE_PHOTOS), PNG-encoded: decoded as an upload would be."""
     from skimage import data
 
     encoded = {}
-    for name in ("chelsea", "coffee"):
+    for name, function in SKIMAGE_PHOTOS.items():
+        pixels = getattr(data, function)()
+        pixels = pixels[0] if isinstance(pixels, tuple) else pixels  # stereo: (left, right, ...)
         buffer = io.BytesIO()
-        Image.fromarray(getattr(data, name)()).save(buffer, format="PNG")
+        Image.fromarray(pixels).save(buffer, format="PNG")
         encoded[name] = buffer.getvalue()
     return encoded
 
@@ -124,67 +198,205 @@ def prepare(encoded: dict[str, bytes]) -> Photos:
     )
 
 
-def explainers(samples: int, noise: float, seed: int, batch_size: int) -> dict[str, Explainer]:
-    def vanilla(model, inputs, targets):
-        return vanilla_saliency(model, inputs, targets).maps
-
-    def smoothgrad(model, inputs, targets):
-        return smoothgrad_saliency(
-            model, inputs, targets, samples=samples, noise=noise, seeds=seed, chunk_size=batch_size
-        ).maps
-
-    def random(model, inputs, targets):
-        generator = torch.Generator().manual_seed(seed)
-        return torch.rand(inputs.shape[0], *inputs.shape[2:], generator=generator)
-
-    return {"vanilla": vanilla, "smoothgrad": smoothgrad, "random": random}
-
-
-def evaluate(model: torch.nn.Module, photos: Photos, labels: list[str], args) -> Results:
-    methods = explainers(args.samples, args.noise, args.seed, args.batch_size)
-    # The curves need forward passes only, thousands of them: channels-last weights make CPU
-    # convolutions ~1.5x faster (probabilities equal to ~1e-6). Maps come from the model as served.
-    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        targets = model(photos.inputs).argmax(dim=1)  # each photo's predicted class, fixed
-    deletion, insertion, randomisation = {}, {}, {}
-    for name, explain in methods.items():
-        started = time.perf_counter()
-        maps = explain(model, photos.inputs, targets)
-        curve_args = (fast, photos.inputs, maps, targets, args.pixels_per_step, args.batch_size)
-        deletion[name] = deletion_curves(*curve_args)
-        insertion[name] = insertion_curves(*curve_args)
-        if name in GRADIENT_METHODS:
-            randomisation[name] = cascading_randomisation(
-                model, lambda m, e=explain: e(m, photos.inputs, targets), seed=args.seed
-            )
-        print(f"{name}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    across_photos = {m: across(steps[0].maps) for m, steps in randomisation.items()}
-    settings = {
-        "samples": args.samples,
-        "noise": args.noise,
-        "seed": args.seed,
-        "pixels_per_step": args.pixels_per_step,
-    }
-    return Results(
-        photos,
-        targets,
-        [labels[int(t)] for t in targets],
-        deletion,
-        insertion,
-        randomisation,
-        across_photos,
-        settings,
+def context_for(model: torch.nn.Module, settings: Settings) -> ExplainContext:
+    """What the service's pipeline gives the engine, for this (possibly randomised) model."""
+    mean, std = torch.tensor(images.IMAGENET_MEAN), torch.tensor(images.IMAGENET_STD)
+    return ExplainContext(
+        chunk_size=settings.batch_size,
+        black=(-mean / std).view(-1, 1, 1),
+        cam_layer=model.get_submodule(CAM_LAYER),
+        cam_layer_name=CAM_LAYER,
     )
 
 
-def across(maps: torch.Tensor) -> float:
-    """Mean Spearman correlation between the maps of different photos (nan for one photo)."""
-    pairs = [(i, j) for i in range(len(maps)) for j in range(i + 1, len(maps))]
-    if not pairs:
-        return float("nan")
-    first, second = zip(*pairs, strict=True)
-    return nanmean(spearman(maps[list(first)], maps[list(second)]))
+def jobs_for(
+    inputs: torch.Tensor, targets: torch.Tensor, settings: Settings, first: int
+) -> list[Job]:
+    """Per photo: one job for vanilla, Grad-CAM, the noisy three together and IG, each with the
+    service's defaults but for a fixed seed (photo ``first + n`` gets ``seed + first + n``)."""
+    ig = METHODS["integrated_gradients"]
+    noisy = {"samples": settings.samples, "noise": settings.noise}
+    jobs = []
+    for n, (x, target) in enumerate(zip(inputs, targets.tolist(), strict=True)):
+        plan = [
+            (METHODS["vanilla"], {}),
+            (METHODS["gradcam"], {}),
+            (SHARED_NOISE, {**noisy, "seed": settings.seed + first + n}),
+            (ig, {**ig.defaults(), "steps": settings.steps}),
+        ]
+        jobs += [Job(x, method, options, target, "score") for method, options in plan]
+    return jobs
+
+
+def explain_all(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    settings: Settings,
+    first: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Every method's maps ``(N, H, W)``, from one engine call: the single-pass methods of all
+    the photos share one pass, the sampled ones chunked passes of ``batch_size`` images."""
+    jobs = jobs_for(inputs, targets, settings, first)
+    answers = explain(model, jobs, context_for(model, settings))
+    by_photo = [answers[n : n + 4] for n in range(0, len(answers), 4)]
+    maps = {
+        "vanilla": [a[0].map for a in by_photo],
+        "gradcam": [a[1].map for a in by_photo],
+        "smoothgrad": [a[2].map for a in by_photo],
+        **{name: [a[2].extra[name] for a in by_photo] for name in NOISY[1:]},
+        "integrated_gradients": [a[3].map for a in by_photo],
+    }
+    return {name: torch.stack(maps[name]).float() for name in METHOD_NAMES}
+
+
+def random_maps(count: int, size: tuple[int, int], seed: int, first: int = 0) -> torch.Tensor:
+    """Uniform noise maps; photo ``first + n``'s from seed ``seed + first + n``."""
+    seeds = range(seed + first, seed + first + count)
+    return torch.stack(
+        [torch.rand(size, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    )
+
+
+def curves_of(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    targets: torch.Tensor,
+    settings: Settings,
+) -> tuple[dict[str, Curves], dict[str, Curves]]:
+    """Deletion and insertion curves of every method's maps of the same photos, all methods in
+    one call per metric so that full batches of steps go through the model."""
+    names, count = list(maps), len(inputs)
+    stacked = torch.cat([maps[name] for name in names])
+    repeated, again = inputs.repeat(len(names), 1, 1, 1), targets.repeat(len(names))
+    arguments = (settings.pixels_per_step, settings.batch_size)
+    deletion = deletion_curves(model, repeated, stacked, again, *arguments)
+    blurred = blur(inputs).repeat(len(names), 1, 1, 1)
+    insertion = insertion_curves(model, repeated, stacked, again, *arguments, blurred=blurred)
+
+    def split(curves: Curves) -> dict[str, Curves]:
+        rows = curves.probabilities.split(count)
+        return {name: Curves(curves.fractions, p) for name, p in zip(names, rows, strict=True)}
+
+    return split(deletion), split(insertion)
+
+
+def evaluate(
+    model: torch.nn.Module, photos: Photos, labels: list[str], settings: Settings
+) -> Results:
+    """The experiment: maps, curves and randomisation, photo chunk after photo chunk.
+
+    ``model`` should be laid out as served (channels_last): it is the one explained, measured
+    and randomised (a copy).
+    """
+    seconds = dict.fromkeys(("maps", "curves", "randomisation"), 0.0)
+    with torch.no_grad():  # each photo's predicted class, fixed from here on
+        chunks = photos.inputs.split(PHOTO_CHUNK)
+        targets = torch.cat([model(chunk).argmax(dim=1) for chunk in chunks])
+    size = tuple(photos.inputs.shape[2:])
+    deletion: dict[str, list[Curves]] = {}
+    insertion: dict[str, list[Curves]] = {}
+    for first in range(0, len(photos.names), PHOTO_CHUNK):
+        inputs = photos.inputs[first : first + PHOTO_CHUNK]
+        chosen = targets[first : first + PHOTO_CHUNK]
+        started = time.perf_counter()
+        maps = explain_all(model, inputs, chosen, settings, first)
+        maps[RANDOM] = random_maps(len(inputs), size, settings.seed, first)
+        seconds["maps"] += time.perf_counter() - started
+        started = time.perf_counter()
+        for store, curves in zip(
+            (deletion, insertion), curves_of(model, inputs, maps, chosen, settings), strict=True
+        ):
+            for name, curve in curves.items():
+                store.setdefault(name, []).append(curve)
+        seconds["curves"] += time.perf_counter() - started
+        done = min(first + PHOTO_CHUNK, len(photos.names))
+        print(f"{done}/{len(photos.names)} photos: {sum(seconds.values()):.0f} s", file=sys.stderr)
+
+    started = time.perf_counter()
+    subset = slice(0, max(1, settings.randomisation_photos))
+    randomisation = cascading_randomisation_many(
+        model,
+        lambda m: explain_all(m, photos.inputs[subset], targets[subset], settings),
+        seed=settings.seed,
+    )
+    seconds["randomisation"] = time.perf_counter() - started
+    print(f"randomisation: {seconds['randomisation']:.0f} s", file=sys.stderr)
+    return Results(
+        photos,
+        [labels[int(t)] for t in targets],
+        {name: joined(parts) for name, parts in deletion.items()},
+        {name: joined(parts) for name, parts in insertion.items()},
+        randomisation,
+        settings,
+        seconds,
+    )
+
+
+def joined(parts: Sequence[Curves]) -> Curves:
+    return Curves(parts[0].fractions, torch.cat([part.probabilities for part in parts]))
+
+
+# --- the statistics ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sanity:
+    """One method's randomisation test, in numbers (means over the photos)."""
+
+    after_classifier: float  # rank correlation once the classifier alone is re-initialised
+    all_random: float  # ... once every layer is
+    lowest: float  # the lowest over the steps
+    undefined: int  # randomised maps that were constant (correlation undefined, left out)
+    across: float  # what the trained model's maps of two *different* photos share
+
+
+@dataclass(frozen=True)
+class Summary:
+    count: int  # photos
+    deletion: dict[str, Interval]  # METHOD_NAMES and RANDOM
+    insertion: dict[str, Interval]
+    deletion_gain: dict[str, Interval]  # random's AUC - the method's: > 0 is better
+    insertion_gain: dict[str, Interval]  # the method's AUC - random's: > 0 is better
+    deletion_wins: dict[str, int]  # photos where the method beats the random map
+    insertion_wins: dict[str, int]
+    half_lives: dict[str, float]  # fraction of pixels deleted when p(class) halves
+    sanity: dict[str, Sanity]  # METHOD_NAMES
+
+
+def nanmean(values: torch.Tensor) -> float:
+    return float(values.double().nanmean())
+
+
+def sanity(steps: list[RandomisationStep]) -> Sanity:
+    means = [nanmean(step.correlations) for step in steps[1:]]
+    finite = [m for m in means if math.isfinite(m)]
+    undefined = sum(int(step.correlations.isnan().sum()) for step in steps[1:])
+    return Sanity(
+        means[0], means[-1], min(finite, default=math.nan), undefined, across_photos(steps[0].maps)
+    )
+
+
+def summarise(results: Results) -> Summary:
+    """Every number the prose and the figure use: intervals, gains over random, sanity."""
+    deletion = {m: c.auc for m, c in results.deletion.items()}
+    insertion = {m: c.auc for m, c in results.insertion.items()}
+    methods = [m for m in deletion if m != RANDOM]
+    return Summary(
+        count=len(results.photos.names),
+        deletion={m: mean_interval(auc) for m, auc in deletion.items()},
+        insertion={m: mean_interval(auc) for m, auc in insertion.items()},
+        deletion_gain={m: paired_difference(deletion[RANDOM], deletion[m]) for m in methods},
+        insertion_gain={m: paired_difference(insertion[m], insertion[RANDOM]) for m in methods},
+        deletion_wins={m: int((deletion[m] < deletion[RANDOM]).sum()) for m in methods},
+        insertion_wins={m: int((insertion[m] > insertion[RANDOM]).sum()) for m in methods},
+        half_lives={m: half_life(c) for m, c in results.deletion.items()},
+        sanity={m: sanity(steps) for m, steps in results.randomisation.items()},
+    )
+
+
+# --- the prose -----------------------------------------------------------------------------------
 
 
 def mean_sd(values: torch.Tensor) -> str:
@@ -199,32 +411,57 @@ def mean_sd(values: torch.Tensor) -> str:
     return text + (f" ({missing} constant map{'s' * (missing > 1)} left out)" if missing else "")
 
 
-def nanmean(values: torch.Tensor) -> float:
-    return float(values.double().nanmean())
+def interval_text(interval: Interval, signed: bool = False) -> str:
+    """``0.284 [0.213, 0.355]``; the mean alone where one photo leaves no interval."""
+    number = "{:+.3f}" if signed else "{:.3f}"
+    if interval.count == 0:
+        return "undefined"
+    text = number.format(interval.mean)
+    if not interval.defined:
+        return f"{text} (one photo: no interval)"
+    return f"{text} [{number.format(interval.low)}, {number.format(interval.high)}]"
 
 
-def half_life(curves: Curves) -> float:
-    """Mean fraction of pixels deleted when the probability first falls below half its start."""
-    below = curves.probabilities <= curves.probabilities[:, :1] / 2
-    first = torch.where(below.any(dim=1), below.int().argmax(dim=1), len(curves.fractions) - 1)
-    return float(curves.fractions[first].mean())
+def verdict(gain: Interval) -> str:
+    """``beats``, ``loses`` or ``ties``: where the 95% interval of the gain over random lies."""
+    if gain.excludes_zero():
+        return "beats" if gain.low > 0 else "loses"
+    return "ties"
 
 
-def curves_table(results: Results) -> str:
+def layer_name(block: str | None) -> str:
+    return "none (trained model)" if block is None else SQUEEZENET_LAYERS.get(block, block)
+
+
+def summary_table(summary: Summary) -> str:
     lines = [
-        "| method | deletion AUC (lower is better) | insertion AUC (higher is better) |",
-        "|---|---|---|",
+        "| method | deletion AUC (lower is better) | gain over random, photos won "
+        "| insertion AUC (higher is better) | gain over random, photos won "
+        f"| randomisation: {RHO} after conv10 / all layers |",
+        "|---|---|---|---|---|---|",
     ]
-    for name in results.deletion:
-        deletion, insertion = results.deletion[name].auc, results.insertion[name].auc
-        lines.append(f"| {name} | {mean_sd(deletion)} | {mean_sd(insertion)} |")
+    n = summary.count
+    for m in summary.deletion:
+        if m == RANDOM:
+            gains = ["(the floor)", "(the floor)"]
+            check = "(independent of the model)"
+        else:
+            gains = [
+                f"{interval_text(summary.deletion_gain[m], True)}, {summary.deletion_wins[m]}/{n}",
+                f"{interval_text(summary.insertion_gain[m], True)}, "
+                f"{summary.insertion_wins[m]}/{n}",
+            ]
+            s = summary.sanity[m]
+            check = f"{s.after_classifier:.2f} / {s.all_random:.2f}"
+        deletion, insertion = (interval_text(x[m]) for x in (summary.deletion, summary.insertion))
+        lines.append(f"| {m} | {deletion} | {gains[0]} | {insertion} | {gains[1]} | {check} |")
     return "\n".join(lines)
 
 
 def photos_table(results: Results) -> str:
     methods = list(results.deletion)
     lines = [
-        "| photo (class) | " + " | ".join(f"{m} deletion / insertion" for m in methods) + " |",
+        "| photo (class) | " + " | ".join(methods) + " |",
         "|---" * (len(methods) + 1) + "|",
     ]
     for n, name in enumerate(results.photos.names):
@@ -236,87 +473,137 @@ def photos_table(results: Results) -> str:
     return "\n".join(lines)
 
 
-def layer_name(block: str | None) -> str:
-    return "none (trained model)" if block is None else SQUEEZENET_LAYERS.get(block, block)
-
-
-def randomisation_table(results: Results) -> str:
+def randomisation_table(results: Results, summary: Summary) -> str:
     methods = list(results.randomisation)
     lines = [
-        "| randomised down to | " + " | ".join(f"{m} Spearman {RHO}" for m in methods) + " |",
+        "| randomised down to | " + " | ".join(methods) + " |",
         "|---" * (len(methods) + 1) + "|",
     ]
-    first = results.randomisation[methods[0]]
-    for k, step in enumerate(first):
+    for k, step in enumerate(results.randomisation[methods[0]]):
         cells = [mean_sd(results.randomisation[m][k].correlations) for m in methods]
         lines.append(f"| {layer_name(step.block)} | " + " | ".join(cells) + " |")
-    if len(results.photos.names) > 1:
-        cells = [f"{results.across_photos[m]:.3f}" for m in methods]
+    if len(results.randomisation[methods[0]][0].maps) > 1:
+        cells = [f"{summary.sanity[m].across:.3f}" for m in methods]
         lines.append(
             "| *reference: trained maps of two different photos* | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
 
 
-def interpretation(results: Results) -> str:
-    """What the numbers say, written from the numbers (so it stays true when they change)."""
-    deletion = {m: float(c.auc.mean()) for m, c in results.deletion.items()}
-    insertion = {m: float(c.auc.mean()) for m, c in results.insertion.items()}
-    by_deletion = sorted(deletion, key=deletion.get)
-    by_insertion = sorted(insertion, key=insertion.get, reverse=True)
-    sentences = [
-        f"Deletion orders the methods {' < '.join(by_deletion)} (lower is better), insertion "
-        f"{' > '.join(by_insertion)} (higher is better)."
-    ]
-    for metric, scores, better in (("deletion", deletion, min), ("insertion", insertion, max)):
-        losers = [m for m in GRADIENT_METHODS if better(scores[m], scores["random"]) != scores[m]]
-        if losers:
-            sentences.append(f"On {metric}, {' and '.join(losers)} did not beat the random map.")
-    lives = {m: half_life(c) for m, c in results.deletion.items()}
+def listing(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def against_random(summary: Summary, metric: str) -> str:
+    """One sentence per metric: who beats the random map, by how much, who cannot be told apart
+    from it, who does worse; from the paired 95% intervals."""
+    gains = summary.deletion_gain if metric == "deletion" else summary.insertion_gain
+    wins = summary.deletion_wins if metric == "deletion" else summary.insertion_wins
+    floor = (summary.deletion if metric == "deletion" else summary.insertion)[RANDOM].mean
+    groups: dict[str, list[str]] = {"beats": [], "ties": [], "loses": []}
+    for m in sorted(gains, key=lambda m: gains[m].mean, reverse=True):
+        share = f", {100 * gains[m].mean / floor:+.0f}%" if floor > 0 else ""
+        groups[verdict(gains[m])].append(
+            f"{m} ({interval_text(gains[m], True)}{share}, {wins[m]}/{summary.count} photos)"
+        )
+    what = "lower" if metric == "deletion" else "higher"
+    parts = []
+    if groups["beats"]:
+        parts.append(f"{listing(groups['beats'])} beat{'s' * (len(groups['beats']) == 1)} it")
+    if groups["ties"]:
+        undecided = listing(groups["ties"])
+        parts.append(f"{undecided} cannot be told apart from it at this number of photos")
+    if groups["loses"]:
+        parts.append(f"{listing(groups['loses'])} do{'es' * (len(groups['loses']) == 1)} worse")
+    return (
+        f"On {metric} (gain = how much {what} the method's AUC is than the random map's "
+        f"{floor:.3f}, 95% interval, share of random's AUC, photos won): {'; '.join(parts)}."
+    )
+
+
+def collapse(summary: Summary) -> str:
+    """Whether deletion can separate the methods at all: SqueezeNet's probability may halve
+    after a few percent of the pixels whatever their order."""
+    lives = summary.half_lives
     halves = ", ".join(f"{100 * lives[m]:.1f}% ({m})" for m in lives)
-    if max(lives.values()) < 0.1:
-        text = f"Every deletion curve collapses early: the probability halves once {halves}"
-        text += " of the pixels are deleted, whatever their order, so the deletion AUCs are small"
-        spread = {
-            name: max(scores.values()) - min(scores.values())
-            for name, scores in (("deletion", deletion), ("insertion", insertion))
-        }
-        if spread["insertion"] > spread["deletion"]:
-            text += ", and insertion separates the methods better"
-        sentences.append(text + ".")
-    else:
-        sentences.append(f"The probability halves once {halves} of the pixels are deleted.")
-    paragraphs = []  # one per method: the randomisation test
-    for m, steps in results.randomisation.items():
-        top = nanmean(steps[1].correlations)
-        bottom = nanmean(steps[-1].correlations)
-        lowest = min(nanmean(step.correlations) for step in steps[1:])
-        verdict = (
-            "the map depends on the learned weights"
-            if lowest < 0.8
-            else "the map barely changes: it fails the sanity check"
+    if max(lives.values()) >= 0.1:
+        return f"The probability halves once {halves} of the pixels are deleted."
+    text = f"Every deletion curve collapses early: the probability halves once {halves}"
+    text += " of the pixels are deleted, whatever their order, so the deletion AUCs are small"
+    spread = {
+        name: max(i.mean for i in scores.values()) - min(i.mean for i in scores.values())
+        for name, scores in (("deletion", summary.deletion), ("insertion", summary.insertion))
+    }
+    if spread["insertion"] > spread["deletion"]:
+        text += ", and insertion separates the methods better"
+    return text + "."
+
+
+def sanity_text(method: str, s: Sanity) -> str:
+    """The randomisation test of one method, in words."""
+    left_out = (
+        f" ({s.undefined} randomised map{'s' * (s.undefined > 1)} came out constant, the "
+        "correlation undefined, and are left out)"
+        if s.undefined
+        else ""
+    )
+    if not math.isfinite(s.lowest):
+        return (
+            f"{method}: every randomised model gives a constant map, so the rank correlation is "
+            "undefined: the map vanishes without the learned weights (it depends on them, "
+            "trivially)."
         )
-        text = (
-            f"{m}: the rank correlation with the trained model's map falls from 1 to {top:.2f} "
-            f"when the classifier alone is re-initialised and is {bottom:.2f} with every layer "
-            f"random (lowest {lowest:.2f}): {verdict}."
+    verdict_text = (
+        "the map depends on the learned weights"
+        if s.lowest < PASS_BELOW
+        else "the map barely changes: it fails the sanity check"
+    )
+    text = (
+        f"{method}: the rank correlation with the trained model's map falls from 1 to "
+        f"{s.after_classifier:.2f} when the classifier alone is re-initialised and is "
+        f"{s.all_random:.2f} with every layer random (lowest {s.lowest:.2f}){left_out}: "
+        f"{verdict_text}."
+    )
+    if math.isfinite(s.across) and s.all_random > 0.2:
+        pattern = (
+            "not learned structure but a fixed, image-independent pattern that the architecture "
+            "imposes on every map (such as the stride-2 sampling grid and the padded border)."
         )
-        cross = results.across_photos[m]
-        if math.isfinite(cross) and bottom > 0.2:
-            if bottom - cross <= 0.15:
-                text += (
-                    f" What remains is close to the {cross:.2f} that the trained model's maps "
-                    "of two *different* photos share: not learned structure but a fixed, "
-                    "image-independent pattern that the architecture imposes on every gradient "
-                    "map (the stride-2 sampling grid, weaker gradients at the padded border)."
-                )
-            else:
-                text += (
-                    f" That is well above the {cross:.2f} that the trained model's maps of two "
-                    "different photos share: part of the map survives the loss of every learned "
-                    "weight, so it reflects the image more than the model."
-                )
-        paragraphs.append(text)
+        if s.all_random <= s.across:
+            text += (
+                f" What remains is no more than the {s.across:.2f} that the trained model's maps "
+                f"of two *different* photos share: {pattern}"
+            )
+        elif s.all_random - s.across <= CLOSE:
+            text += (
+                f" What remains is close to the {s.across:.2f} that the trained model's maps of "
+                f"two *different* photos share: {pattern}"
+            )
+        else:
+            text += (
+                f" That is well above the {s.across:.2f} that the trained model's maps of two "
+                "different photos share: part of the map survives the loss of every learned "
+                "weight, so it reflects the image more than the model."
+            )
+    return text
+
+
+def interpretation(summary: Summary) -> str:
+    """What the numbers say, written from the numbers (so it stays true when they change)."""
+    deletion = sorted(summary.deletion, key=lambda m: summary.deletion[m].mean)
+    insertion = sorted(summary.insertion, key=lambda m: summary.insertion[m].mean, reverse=True)
+    sentences = [
+        f"Deletion orders the methods {' < '.join(deletion)} (lower is better), insertion "
+        f"{' > '.join(insertion)} (higher is better)."
+    ]
+    if summary.count < 2:
+        sentences.append(
+            "With one photo there is no interval: the gains below are single differences."
+        )
+    sentences += [against_random(summary, "insertion"), against_random(summary, "deletion")]
+    sentences.append(collapse(summary))
+    paragraphs = [sanity_text(m, s) for m, s in summary.sanity.items()]
     return "\n\n".join([" ".join(sentences), *paragraphs])
 
 
@@ -325,63 +612,166 @@ How to read this. Deletion and insertion test whether the map's *order* of pixel
 model needs: a map can look noisy and still rank the decisive pixels first. Both feed the model
 images it never saw in training (mean-coloured holes, blur), so part of each curve is the model
 reacting to the artefact rather than to lost evidence: compare the methods with each other and
-with the random map, not with an absolute scale. The randomisation test is a necessary condition
-only: a map that does not change when the weights are destroyed cannot be explaining the weights
-(Adebayo et al. show that an edge detector passes the eye test this way), but a map that does
-change is not thereby proven right. The ± is one standard deviation over very few photos: these
-numbers illustrate the method, they are not a benchmark."""
+with the random map, not with an absolute scale. The two artefacts likely favour different maps:
+restoring whole regions into the blur (a coarse map such as Grad-CAM's) gives the model intact
+local texture early, while scattered holes (a random or noisy map) damage texture everywhere at
+once; so insertion flatters coarse maps, and deletion is hard to win against a random order.
+The intervals are 95% Student-t intervals over the photos, each photo one observation, and the
+gains over random are paired (each photo its own control); they assume the photos are a random
+sample of what the service will see, which a handful of library photos is not. The randomisation
+test is a necessary condition only: a map that does not change when the weights are destroyed
+cannot be explaining the weights (Adebayo et al. show that an edge detector passes the eye test
+this way), but a map that does change is not thereby proven right."""
 
 
-def report_markdown(results: Results, command: str, seconds: float, cpu_seconds: float) -> str:
-    settings = results.settings
+# Per image, on 2 quiet CPU cores, SqueezeNet 1.1 channels_last float32 at batch 8
+# (docs/benchmarks.md, "Levers, in process"): forward 38.3 ms / 8, forward + input gradient 92 / 8.
+QUIET_FORWARD_S, QUIET_GRADIENT_S = 0.0048, 0.0115
+
+
+@dataclass(frozen=True)
+class Work:
+    """Images through the model, counted from the settings: what the run costs on any machine."""
+
+    gradients: int  # per photo, through forward and backward
+    forwards: int  # per photo, through forward alone (mostly the curves)
+    randomised_gradients: int  # per randomised photo, all models together
+    randomised_forwards: int
+
+    def quiet_seconds(self, photos: int, randomised: int) -> float:
+        """Predicted wall clock on 2 quiet cores in bare passes (no loading, masks, sorting)."""
+        gradients = photos * self.gradients + randomised * self.randomised_gradients
+        forwards = photos * self.forwards + randomised * self.randomised_forwards
+        return gradients * QUIET_GRADIENT_S + forwards * QUIET_FORWARD_S
+
+
+def work(settings: Settings, steps: int, blocks: int) -> Work:
+    """``steps``: steps per curve; ``blocks``: layers the randomisation re-initialises."""
+    # The engine passes each photo twice in the single pass (the vanilla and the Grad-CAM job),
+    # once through the clean forward of each sampled job (shared noise, IG) and IG's baseline.
+    gradients = 2 + settings.samples + settings.steps
+    forwards = 2 + 1  # the clean passes of the two sampled jobs, IG's baseline
+    curves = (len(METHOD_NAMES) + 1) * 2 * (steps + 1)
+    models = blocks + 1  # the trained model and one per re-initialised block
+    prediction = 1  # the pass that fixes each photo's class
+    return Work(gradients, prediction + forwards + curves, models * gradients, models * forwards)
+
+
+def timing_text(
+    results: Results, seconds: float, cpu_seconds: float, load: float, cost: Work
+) -> str:
+    """Measured wall clock per stage, and what it and the counted work predict for 100 photos."""
+    count = len(results.photos.names)
+    checked = len(results.randomisation[METHOD_NAMES[0]][0].maps)
+    per_photo = (results.seconds["maps"] + results.seconds["curves"]) / count
+    per_check = results.seconds["randomisation"] / checked
+    loading = max(0.0, seconds - sum(results.seconds.values()))
+    randomised = min(100, results.settings.randomisation_photos)  # of 100 photos
+    hundred = 100 * per_photo + randomised * per_check + loading
+    quiet = cost.quiet_seconds(1, 0)
+    return (
+        f"Measured: {seconds:.0f} s wall clock and {cpu_seconds:.0f} s of CPU time, with "
+        f"{torch.get_num_threads()} threads and a load average of {load:.1f} over the last 5 "
+        f"minutes on the machine's {os.cpu_count()} cores (this run included): {per_photo:.1f} s "
+        f"per photo ({results.seconds['maps'] / count:.1f} s maps, "
+        f"{results.seconds['curves'] / count:.1f} s curves), {per_check:.1f} s per photo "
+        f"randomised ({checked} photo{'s' * (checked > 1)}) and {loading:.0f} s of loading. "
+        f"At this pace 100 photos, {randomised} of them randomised, take {hundred / 60:.1f} min."
+        f"\n\nCounted: per photo {cost.gradients} images through a forward and backward pass "
+        f"and {cost.forwards} through a forward pass alone (mostly the curves); per randomised "
+        f"photo {cost.randomised_gradients} and {cost.randomised_forwards}. In bare passes at the "
+        f"per-image costs of a quiet 2-core machine (docs/benchmarks.md, batch 8: forward "
+        f"{1000 * QUIET_FORWARD_S:.1f} ms, forward and input gradient "
+        f"{1000 * QUIET_GRADIENT_S:.1f} ms) that is {quiet:.1f} s per photo, "
+        f"{cost.quiet_seconds(0, 1):.1f} s per randomised photo and "
+        f"{cost.quiet_seconds(100, randomised) / 60:.1f} min for 100 photos: a lower bound, to "
+        "which the masks, the noise and the bookkeeping add."
+    )
+
+
+def report_markdown(
+    results: Results,
+    summary: Summary,
+    command: str,
+    seconds: float,
+    cpu_seconds: float,
+    load: float = math.nan,
+) -> str:
+    s = results.settings
     photos = ", ".join(
         f"{name} ({label})"
         for name, label in zip(results.photos.names, results.labels, strict=True)
     )
+    checked = len(results.randomisation[METHOD_NAMES[0]][0].maps)
+    steps = len(results.deletion[RANDOM].fractions) - 1
+    blocks = len(results.randomisation[METHOD_NAMES[0]]) - 1
+    cost = work(s, steps, blocks)
     return f"""# Faithfulness of the saliency maps
 
-Generated by `{command}` on the CPU ({seconds:.0f} s wall clock, {cpu_seconds:.0f} s of
-CPU time).
+Generated by `{command}` on the CPU ({seconds / 60:.1f} min; see "Cost" below).
 
 - Model: SqueezeNet 1.1 with the ImageNet weights the service packs (`$SQUEEZENET_WEIGHTS`,
-  else torchvision's file), as served.
-- Photos (explained class: the model's prediction): {photos}.
-- SmoothGrad: {settings["samples"]} samples, noise {settings["noise"]} of the input range,
-  seed {settings["seed"]}. Random baseline: uniform noise maps.
-- Deletion and insertion (Petsiuk et al. 2018, RISE): {settings["pixels_per_step"]} pixels
-  per step on the 224 x 224 input; deleted pixels take the ImageNet mean colour; insertion
-  starts from a Gaussian blur (kernel 11, sigma 5). AUC of the explained class's softmax
-  probability over the fraction of pixels moved.
-- Randomisation (Adebayo et al. 2018): SqueezeNet's layers re-initialised cumulatively from the
-  classifier (conv10) down to conv1, as for training (He-initialised weights, zero biases);
-  Spearman rank correlation between each map and the trained model's map, for the same input,
-  the same class and, for SmoothGrad, the same noise seed.
+  else torchvision's file), as served (channels_last, float32).
+- Photos ({summary.count}; explained class: the model's prediction): {photos}.
+- Methods, through the service's engine at its defaults: vanilla; gradcam (layer {CAM_LAYER});
+  smoothgrad, smoothgrad_sq and vargrad from the same {s.samples} noisy copies, noise {s.noise}
+  of the input range, photo n's seed {s.seed} + n; integrated_gradients with {s.steps}
+  Gauss-Legendre points from the zero baseline. Random baseline: uniform noise maps.
+- Deletion and insertion (Petsiuk et al. 2018, RISE): {s.pixels_per_step} pixels per step
+  ({steps} steps) on the 224 x 224 input; deleted pixels take the ImageNet mean colour;
+  insertion starts from a Gaussian blur (kernel 11, sigma 5). AUC of the explained class's
+  softmax probability over the fraction of pixels moved.
+- Randomisation (Adebayo et al. 2018), on the first {checked} photo{"s" * (checked > 1)}:
+  SqueezeNet's layers re-initialised cumulatively from the classifier (conv10) down to conv1, as
+  for training (He-initialised weights, zero biases); Spearman rank correlation between each map
+  and the trained model's map, for the same input, the same class and the same noise seed.
 
-Mean ± standard deviation over the photos.
+## Summary
 
-## Deletion and insertion
+Mean over the photos with its 95% Student-t interval; gain over random = the paired mean of
+(random's deletion AUC - the method's) or (the method's insertion AUC - random's), positive
+when the method is better, and the photos on which the method beat the random map.
 
-{curves_table(results)}
+{summary_table(summary)}
 
-Per photo (deletion / insertion AUC):
+## What it means
+
+{interpretation(summary)}
+
+{CAVEATS}
+
+![Deletion and insertion curves, gains over random, randomised maps](faithfulness.png)
+
+## Per photo
+
+Deletion / insertion AUC:
 
 {photos_table(results)}
 
 ## Model-parameter randomisation
 
-{randomisation_table(results)}
+Spearman {RHO} with the trained model's map, mean ± sd over {checked} photo{"s" * (checked > 1)}:
 
-## What it means
+{randomisation_table(results, summary)}
 
-{interpretation(results)}
+## Cost
 
-{CAVEATS}
-
-![Deletion and insertion curves; maps under cascading randomisation](faithfulness.png)
+{timing_text(results, seconds, cpu_seconds, load, cost)}
 """
 
 
-# --- the figure, drawn with Pillow --------------------------------------------------------------
+# --- the figure, drawn with Pillow ---------------------------------------------------------------
+
+COLOURS = {  # matplotlib's tab10, random in grey
+    "vanilla": (31, 119, 180),
+    "gradcam": (255, 127, 14),
+    "smoothgrad": (214, 39, 40),
+    "smoothgrad_sq": (148, 103, 189),
+    "vargrad": (140, 86, 75),
+    "integrated_gradients": (44, 160, 44),
+    RANDOM: (140, 140, 140),
+}
+INK, MUTED, GRID, WHITE = (0, 0, 0), (90, 90, 90), (225, 225, 225), (255, 255, 255)
 
 
 def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -396,7 +786,22 @@ def centred(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, face,
     draw.text((xy[0] - width / 2, xy[1]), text, font=face, fill=fill)
 
 
-def chart(title: str, xlabel: str, curves: dict[str, Curves], legend_left: bool) -> Image.Image:
+def colour(name: str) -> tuple[int, int, int]:
+    return COLOURS.get(name, INK)
+
+
+def legend(names: Sequence[str], width: int) -> Image.Image:
+    image = Image.new("RGB", (width, 26), WHITE)
+    draw = ImageDraw.Draw(image)
+    face, x = font(14), 8.0
+    for name in names:
+        draw.line([(x, 13), (x + 24, 13)], fill=colour(name), width=3)
+        draw.text((x + 30, 5), name, font=face, fill=INK)
+        x += 30 + draw.textlength(name, font=face) + 22
+    return image
+
+
+def chart(title: str, xlabel: str, curves: dict[str, Curves]) -> Image.Image:
     """Mean probability curves over the photos, one line per method, on [0, 1] x [0, 1]."""
     width, height = 560, 330
     left, right, top, bottom = 58, width - 14, 36, height - 50
@@ -421,12 +826,42 @@ def chart(title: str, xlabel: str, curves: dict[str, Curves], legend_left: bool)
     for name, curve in curves.items():
         mean = curve.probabilities.mean(dim=0)
         points = [at(float(x), float(y)) for x, y in zip(curve.fractions, mean, strict=True)]
-        draw.line(points, fill=COLOURS[name], width=2, joint="curve")
-    y, x = top + 8, left + 12 if legend_left else right - 190
-    for name, curve in curves.items():
-        draw.line([(x, y + 8), (x + 24, y + 8)], fill=COLOURS[name], width=3)
-        draw.text((x + 32, y), f"{name}  AUC {float(curve.auc.mean()):.3f}", font=small, fill=INK)
-        y += 20
+        draw.line(points, fill=colour(name), width=2, joint="curve")
+    return image
+
+
+def gains_chart(title: str, gains: dict[str, Interval]) -> Image.Image:
+    """Each method's gain over the random map: the mean and its 95% interval, 0 marked."""
+    width, row = 560, 26
+    left, right, top = 170, width - 20, 34
+    height = top + row * len(gains) + 34
+    image = Image.new("RGB", (width, height), WHITE)
+    draw = ImageDraw.Draw(image)
+    small, normal = font(13), font(15)
+    ends = [v for g in gains.values() for v in (g.mean, g.low, g.high) if math.isfinite(v)]
+    reach = max([abs(v) for v in ends] + [1e-3]) * 1.1
+    span = 10 ** math.floor(math.log10(reach))
+    reach = math.ceil(reach / span) * span  # round axis ends
+
+    def x_at(value: float) -> float:
+        return left + (value + reach) / (2 * reach) * (right - left)
+
+    bottom = top + row * len(gains)
+    for tick in (-reach, -reach / 2, 0.0, reach / 2, reach):
+        draw.line([(x_at(tick), top), (x_at(tick), bottom)], fill=MUTED if tick == 0 else GRID)
+        centred(draw, (x_at(tick), bottom + 4), f"{tick:+.3g}" if tick else "0", small, MUTED)
+    centred(draw, (width / 2, 8), title, normal)
+    centred(draw, ((x_at(0) + right) / 2, bottom + 18), "better than random ->", small, MUTED)
+    for k, (name, gain) in enumerate(gains.items()):
+        y = top + row * k + row / 2
+        draw.text((8, y - 8), name, font=small, fill=colour(name))
+        if gain.defined:
+            draw.line([(x_at(gain.low), y), (x_at(gain.high), y)], fill=colour(name), width=2)
+            for end in (gain.low, gain.high):
+                draw.line([(x_at(end), y - 5), (x_at(end), y + 5)], fill=colour(name), width=2)
+        if math.isfinite(gain.mean):
+            x = x_at(gain.mean)
+            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour(name))
     return image
 
 
@@ -438,13 +873,12 @@ def map_tile(saliency: torch.Tensor, size: int) -> Image.Image:
     return Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR)
 
 
-def randomisation_grid(results: Results, photo: int, tile: int = 84) -> Image.Image:
-    """One row per gradient method: the photo, its map, then the maps as layers are randomised."""
-    gap, label_width, header, caption = 4, 92, 34, 18
+def randomisation_grid(results: Results, photo: int, tile: int = 80) -> Image.Image:
+    """One row per method: the photo, its map, then the maps as layers are randomised."""
+    gap, label_width, header, caption = 4, 150, 34, 18
     methods = list(results.randomisation)
     steps = results.randomisation[methods[0]]
-    columns = 1 + len(steps)
-    width = label_width + columns * (tile + gap)
+    width = label_width + (1 + len(steps)) * (tile + gap)
     height = header + len(methods) * (tile + caption + gap) + 4
     image = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(image)
@@ -458,62 +892,95 @@ def randomisation_grid(results: Results, photo: int, tile: int = 84) -> Image.Im
     crop = results.photos.crops[photo].resize((tile, tile), Image.Resampling.BILINEAR)
     for row, method in enumerate(methods):
         y = header + row * (tile + caption + gap)
-        draw.text((6, y + tile / 2 - 8), method, font=font(14), fill=COLOURS[method])
+        draw.text((6, y + tile / 2 - 8), method, font=font(13), fill=colour(method))
         image.paste(crop, (x0, y))
         for k, step in enumerate(results.randomisation[method]):
             x = x0 + (k + 1) * (tile + gap)
             image.paste(map_tile(step.maps[photo], tile), (x, y))
             rho = float(step.correlations[photo])
-            centred(draw, (x + tile / 2, y + tile + 2), f"rho {rho:.2f}", small, MUTED)
+            text = f"rho {rho:.2f}" if math.isfinite(rho) else "constant"
+            centred(draw, (x + tile / 2, y + tile + 2), text, small, MUTED)
     return image
 
 
-def figure(results: Results) -> Image.Image:
-    count = len(results.photos.names)
+def figure(results: Results, summary: Summary) -> Image.Image:
+    count = summary.count
     mean_of = f"mean of {count} photo{'s' * (count > 1)}"
-    deletion = chart(
-        f"Deletion: most salient pixels removed first ({mean_of})",
-        "fraction of pixels removed",
-        results.deletion,
-        legend_left=False,
-    )
-    insertion = chart(
-        f"Insertion: most salient pixels restored first ({mean_of})",
-        "fraction of pixels restored",
-        results.insertion,
-        legend_left=True,
-    )
+    panels = [
+        [
+            chart(
+                f"Deletion: most salient pixels removed first ({mean_of})",
+                "fraction of pixels removed",
+                results.deletion,
+            ),
+            chart(
+                f"Insertion: most salient pixels restored first ({mean_of})",
+                "fraction of pixels restored",
+                results.insertion,
+            ),
+        ],
+        [
+            gains_chart("Deletion AUC: random's - the method's (95% CI)", summary.deletion_gain),
+            gains_chart("Insertion AUC: the method's - random's (95% CI)", summary.insertion_gain),
+        ],
+    ]
     grid = randomisation_grid(results, photo=0)
-    title_face = font(15)
     title = (
-        f"Cascading randomisation ({results.photos.names[0]}, class "
-        f"'{results.labels[0]}'): layers re-initialised from the classifier down; "
-        f"rho = Spearman correlation with the trained model's map"
+        f"Cascading randomisation ({results.photos.names[0]}, class '{results.labels[0]}'): "
+        "layers re-initialised from the classifier down; rho = Spearman correlation with the "
+        "trained model's map"
     )
     margin = 12
-    width = max(deletion.width + insertion.width, grid.width) + 2 * margin
-    height = margin + deletion.height + 12 + 24 + grid.height + margin
+    width = max(sum(p.width for p in panels[0]), grid.width) + 2 * margin
+    top = legend(list(results.deletion), width - 2 * margin)
+    height = (
+        margin + top.height + sum(row[0].height + 8 for row in panels) + 28 + grid.height + margin
+    )
     canvas = Image.new("RGB", (width, height), WHITE)
-    canvas.paste(deletion, (margin, margin))
-    canvas.paste(insertion, (margin + deletion.width, margin))
-    y = margin + deletion.height + 12
-    ImageDraw.Draw(canvas).text((margin + 6, y), title, font=title_face, fill=INK)
-    canvas.paste(grid, (margin, y + 24))
+    canvas.paste(top, (margin, margin))
+    y = margin + top.height
+    for row in panels:
+        x = margin
+        for panel in row:
+            canvas.paste(panel, (x, y))
+            x += panel.width
+        y += row[0].height + 8
+    ImageDraw.Draw(canvas).text((margin + 6, y + 4), title, font=font(14), fill=INK)
+    canvas.paste(grid, (margin, y + 28))
     return canvas
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", nargs="?", type=Path, help="photos (default: scikit-image's)")
-    parser.add_argument("--out", type=Path, help="default: docs/, or out/faithfulness for a folder")
-    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
-    parser.add_argument("--noise", type=float, default=DEFAULT_NOISE)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pixels-per-step", type=int, default=PIXELS_PER_STEP)
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    args = parser.parse_args()
-    out = args.out or (ROOT / "out" / "faithfulness" if args.folder else ROOT / "docs")
+# --- the command line ----------------------------------------------------------------------------
 
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, help="a folder of photos (default: scikit-image's)")
+    parser.add_argument("--out", type=Path, help="default: docs/ (out/faithfulness with --images)")
+    parser.add_argument("--samples", type=int, default=defaults.samples, help="SmoothGrad copies")
+    parser.add_argument("--noise", type=float, default=defaults.noise)
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="IG path points")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--pixels-per-step", type=int, default=defaults.pixels_per_step)
+    parser.add_argument(
+        "--randomisation-photos",
+        type=int,
+        default=defaults.randomisation_photos,
+        help="photos (the first ones) the randomisation test runs on",
+    )
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    known = asdict(Settings())
+    return Settings(**{name: getattr(args, name) for name in known})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    out = args.out or (ROOT / "out" / "faithfulness" if args.images else ROOT / "docs")
     started, cpu_started = time.perf_counter(), time.process_time()
     try:
         weights = resolve_weights(ROOT / ".cache")
@@ -522,19 +989,23 @@ def main() -> int:
         return 1
     from saliency_service.labels import torchvision_categories
 
-    model = load_model(weights)
-    photos = prepare(folder_photos(args.folder) if args.folder else default_photos())
-    results = evaluate(model, photos, torchvision_categories(), args)
-    seconds = time.perf_counter() - started
+    # As served: channels_last (~40% less CPU time per pass), frozen, eval mode.
+    model = load_model(weights).to(memory_format=torch.channels_last)
+    photos = prepare(folder_photos(args.images) if args.images else skimage_photos())
+    results = evaluate(model, photos, torchvision_categories(), settings_from(args))
+    summary = summarise(results)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    load = os.getloadavg()[1]  # the last 5 minutes: how much of the CPUs the run had
 
-    print(curves_table(results), end="\n\n")
-    print(randomisation_table(results), end="\n\n")
-    print(interpretation(results))
-    command = shlex.join(["python", "scripts/evaluate.py", *sys.argv[1:]])
+    print(summary_table(summary), end="\n\n")
+    print(randomisation_table(results, summary), end="\n\n")
+    print(interpretation(summary))
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    command = shlex.join(["python", "scripts/evaluate.py", *arguments])
     out.mkdir(parents=True, exist_ok=True)
-    report = report_markdown(results, command, seconds, time.process_time() - cpu_started)
+    report = report_markdown(results, summary, command, seconds, cpu_seconds, load)
     (out / "faithfulness.md").write_text(report, "utf-8")
-    figure(results).save(out / "faithfulness.png", optimize=True)
+    figure(results, summary).save(out / "faithfulness.png", optimize=True)
     print(f"\nwrote {out / 'faithfulness.md'} and {out / 'faithfulness.png'} ({seconds:.0f} s)")
     return 0
 

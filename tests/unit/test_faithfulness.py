@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from saliency_service.attribution import vanilla_saliency
 from saliency_service.metrics import (
+    Curves,
+    Interval,
+    across_photos,
     auc,
     average_ranks,
     blur,
     cascading_blocks,
     cascading_randomisation,
+    cascading_randomisation_many,
     causal_curves,
     deletion_curves,
+    half_life,
     insertion_curves,
+    mean_interval,
+    paired_difference,
     saliency_order,
     spearman,
+    t_critical,
+    t_within,
 )
 from saliency_service.model import build_model
 
@@ -117,11 +128,14 @@ def test_the_last_step_may_move_fewer_pixels(region_model, image, maps):
     torch.testing.assert_close(curves.fractions, torch.tensor([0, 100, 200, 256]) / 256)
 
 
-def test_images_and_step_batches_are_independent(region_model, image, maps):
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_images_and_step_batches_are_independent(region_model, image, maps, batch_size):
+    # 3 images x 53 steps: batches of 7 and 64 hold the last steps of one image and the first of
+    # the next, so each probability must land in its own (image, step) cell.
     images = torch.cat([image, image.flip(-1), image * 0.5])
     stacked = torch.cat([maps["good"], maps["random"], maps["reverse"]])
     targets = torch.tensor([0, 1, 0])
-    together = causal_curves(region_model, images, blur(images), stacked, targets, 5, 64)
+    together = causal_curves(region_model, images, blur(images), stacked, targets, 5, batch_size)
     for n in range(3):
         alone = causal_curves(
             region_model, images[n : n + 1], blur(images[n : n + 1]), stacked[n : n + 1],
@@ -229,3 +243,125 @@ def test_gradients_of_a_linear_model_lose_their_order_once_its_weights_are_redra
     # The map is max_c |W[2]|: a new draw of W is independent of the old one.
     assert [s.block for s in steps] == [None, "1"]
     assert abs(float(steps[1].correlations[0])) < 0.2
+
+
+def test_many_methods_see_the_same_randomised_models_once_each() -> None:
+    model = small_network()
+    calls: list[dict[str, torch.Tensor]] = []
+    generator = torch.Generator().manual_seed(6)
+    images = torch.randn(2, 3, 8, 8, generator=generator)
+
+    def explain(network: nn.Module) -> dict[str, torch.Tensor]:
+        output = network(images).sum()  # depends on every block's weights
+        maps = {"input": images.amax(dim=1) * output, "weights": network[0].weight[:2, 0]}
+        calls.append(maps)
+        return maps
+
+    steps = cascading_randomisation_many(model, explain, seed=4)
+    assert len(calls) == 4  # the trained model and one per block, each shared by both methods
+    assert set(steps) == {"input", "weights"}
+    for name in steps:
+        assert [s.block for s in steps[name]] == [None, "5", "2.0", "0"]
+        torch.testing.assert_close(steps[name][0].maps, calls[0][name])
+    # "weights" shows conv 0's kernels: unchanged until block "0" itself is re-drawn.
+    rho = [s.correlations for s in steps["weights"]]
+    torch.testing.assert_close(rho[2], torch.ones(2, dtype=torch.float64))
+    assert float(rho[3].abs().max()) < 0.9
+    single = cascading_randomisation(model, lambda m: explain(m)["weights"], seed=4)
+    for one, many in zip(single, steps["weights"], strict=True):
+        torch.testing.assert_close(one.correlations, many.correlations)
+
+
+# --- statistics ---
+
+
+@pytest.mark.parametrize(
+    ("df", "expected"),  # two-sided 95% critical values of Student's t, from printed tables
+    [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (6, 2.447), (10, 2.228), (30, 2.042)],
+)
+def test_t_critical_matches_the_printed_table(df: int, expected: float) -> None:
+    assert t_critical(0.95, df) == pytest.approx(expected, abs=5e-4)
+
+
+def test_t_distribution_matches_scipy_for_odd_and_even_degrees_of_freedom() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    for df in [*range(1, 41), 99, 100]:
+        for t in (0.0, 0.3, 1.0, 2.5, 7.0):
+            assert t_within(t, df) == pytest.approx(2 * stats.t.cdf(t, df) - 1, abs=1e-12), (df, t)
+        assert t_critical(0.95, df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-10)
+        assert t_critical(0.5, df) == pytest.approx(stats.t.ppf(0.75, df), rel=1e-10)
+
+
+def test_t_quantiles_approach_the_normal_and_reject_bad_arguments() -> None:
+    assert t_within(0.0, 5) == 0.0 and t_within(-2.0, 5) == t_within(2.0, 5)
+    assert t_critical(0.95, 10_000) == pytest.approx(1.95996, abs=1e-3)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        t_within(1.0, 0)
+    for level in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="level"):
+            t_critical(level, 3)
+
+
+def test_mean_interval_of_known_values() -> None:
+    interval = mean_interval(torch.tensor([1.0, 2.0, 3.0]))  # mean 2, sd 1, n 3
+    half = 4.302653 / math.sqrt(3)
+    assert interval.mean == pytest.approx(2.0) and interval.count == 3
+    assert (interval.low, interval.high) == pytest.approx((2 - half, 2 + half))
+    assert interval.defined and not interval.excludes_zero()  # 3 values: t = 4.30, wide
+    assert mean_interval(torch.tensor([4.0, 5.0, 6.0])).excludes_zero()
+    narrower = mean_interval(torch.tensor([1.0, 2.0, 3.0]), level=0.5)
+    assert narrower.high - narrower.low < interval.high - interval.low
+
+
+def test_mean_interval_leaves_out_undefined_values_and_says_when_it_has_none() -> None:
+    nan = float("nan")
+    with_gap = mean_interval(torch.tensor([1.0, nan, 3.0]))
+    assert with_gap.count == 2 and with_gap.mean == pytest.approx(2.0)
+    assert with_gap.low < 2.0 - 12 < 2.0 + 12 < with_gap.high  # 1 degree of freedom: t = 12.7
+    one = mean_interval(torch.tensor([0.5, nan]))
+    assert (one.mean, one.count, one.defined, one.excludes_zero()) == (0.5, 1, False, False)
+    none = mean_interval(torch.tensor([nan, nan]))
+    assert none.count == 0 and math.isnan(none.mean) and not none.defined
+
+
+def test_an_interval_that_straddles_zero_does_not_exclude_it() -> None:
+    assert not Interval(0.1, -0.1, 0.3, 5).excludes_zero()
+    assert Interval(-0.2, -0.3, -0.1, 5).excludes_zero()
+
+
+def test_paired_differences_cancel_what_the_photos_share() -> None:
+    base = torch.tensor([0.1, 0.5, 0.9, 0.3])  # photo-to-photo spread far above the difference
+    better = base + 0.05 + torch.tensor([0.01, -0.01, 0.01, -0.01])
+    paired = paired_difference(better, base)
+    assert paired.mean == pytest.approx(0.05) and paired.excludes_zero()
+    assert mean_interval(better).low < mean_interval(base).high  # unpaired they overlap
+    with pytest.raises(ValueError, match="shapes differ"):
+        paired_difference(base, base[:2])
+
+
+def test_half_life_is_the_first_fraction_at_or_below_half_the_start() -> None:
+    fractions = torch.linspace(0, 1, 5)
+    probabilities = torch.tensor(
+        [
+            [0.8, 0.6, 0.4, 0.1, 0.0],  # halves at 0.5
+            [0.8, 0.2, 0.9, 0.1, 0.0],  # first at 0.25, whatever comes after
+            [0.8, 0.8, 0.8, 0.8, 0.8],  # never: counted as the last fraction
+        ]
+    )
+    curves = Curves(fractions, probabilities)
+    assert half_life(curves) == pytest.approx((0.5 + 0.25 + 1.0) / 3)
+
+
+def test_across_photos_is_the_mean_rank_correlation_of_every_pair() -> None:
+    generator = torch.Generator().manual_seed(8)
+    a = torch.rand(6, 5, generator=generator)
+    assert across_photos(torch.stack([a, a * 2, a + 1])) == pytest.approx(1.0)
+    assert across_photos(torch.stack([a, -a])) == pytest.approx(-1.0)
+    three = torch.stack([a, torch.rand(6, 5, generator=generator), -a])
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    expected = sum(float(spearman(three[i : i + 1], three[j : j + 1])) for i, j in pairs) / 3
+    assert across_photos(three) == pytest.approx(expected)
+    # A constant map has no rank order: left out; with one map left there is no pair.
+    assert across_photos(torch.stack([a, torch.zeros(6, 5), a * 3])) == pytest.approx(1.0)
+    assert math.isnan(across_photos(torch.stack([a, torch.zeros(6, 5)])))
+    assert math.isnan(across_photos(a[None]))

@@ -1,4 +1,5 @@
-"""How far a saliency map can be trusted: causal deletion/insertion curves and sanity checks.
+"""How far a saliency map can be trusted: causal deletion/insertion curves, sanity checks, and
+the statistics over photos (Student-t intervals, paired differences) that summarise them.
 
 Pure PyTorch like ``attribution``: these run offline (``scripts/evaluate.py``), never per request.
 """
@@ -18,23 +19,43 @@ from .randomisation import (
     average_ranks,
     cascading_blocks,
     cascading_randomisation,
+    cascading_randomisation_many,
     reinitialise,
     spearman,
 )
+from .statistics import (
+    LEVEL,
+    Interval,
+    across_photos,
+    half_life,
+    mean_interval,
+    paired_difference,
+    t_critical,
+    t_within,
+)
 
 __all__ = [
+    "LEVEL",
     "PIXELS_PER_STEP",
     "Curves",
+    "Interval",
     "RandomisationStep",
+    "across_photos",
     "auc",
     "average_ranks",
     "blur",
     "cascading_blocks",
     "cascading_randomisation",
+    "cascading_randomisation_many",
     "causal_curves",
     "deletion_curves",
+    "half_life",
     "insertion_curves",
+    "mean_interval",
+    "paired_difference",
     "reinitialise",
     "saliency_order",
     "spearman",
+    "t_critical",
+    "t_within",
 ]

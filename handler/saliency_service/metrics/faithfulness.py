@@ -10,7 +10,7 @@ causal metrics); the defaults follow their published code: 224 pixels per step o
 deleted pixels set to 0 in the normalised input space (the dataset's mean colour), insertion
 starting from a Gaussian blur with an 11-pixel kernel and sigma 5.
 
-Every step of every curve is one image; the steps of an image go through the model in batches.
+Every step of every curve is one image; the steps of all images go through the model in batches.
 """
 
 from __future__ import annotations
@@ -108,17 +108,23 @@ def causal_curves(
     steps = math.ceil(pixels / pixels_per_step)
     moved = (torch.arange(steps + 1, device=start.device) * pixels_per_step).clamp_(max=pixels)
     ranks = saliency_order(maps.to(start.device))
-    probabilities = torch.empty(count, steps + 1, device=start.device)
+    targets = targets.to(start.device).long()
+    probabilities = torch.empty(count * (steps + 1), device=start.device)
+    # Every (image, step) pair in one flat list, batch_size at a time: the steps of different
+    # images share passes, so only the very last pass is partly empty.
+    pairs = torch.arange(count * (steps + 1), device=start.device)
     with torch.no_grad():
-        for n in range(count):
-            done = 0
-            for chunk in moved.split(batch_size):
-                mask = (ranks[n][None, :] < chunk[:, None]).view(-1, 1, height, width)
-                logits = model(torch.where(mask, finish[n], start[n])).float()
-                target = int(targets[n])
-                probabilities[n, done : done + len(chunk)] = F.softmax(logits, dim=1)[:, target]
-                done += len(chunk)
-    return Curves(fractions=moved.float().cpu() / pixels, probabilities=probabilities.cpu())
+        for chunk in pairs.split(batch_size):
+            image, step = chunk // (steps + 1), chunk % (steps + 1)
+            mask = (ranks[image] < moved[step, None]).view(-1, 1, height, width)
+            mixed = torch.where(mask, finish[image], start[image])
+            logits = model(mixed.contiguous(memory_format=torch.channels_last)).float()
+            chosen = F.softmax(logits, dim=1).gather(1, targets[image, None])
+            probabilities[chunk] = chosen[:, 0]
+    return Curves(
+        fractions=moved.float().cpu() / pixels,
+        probabilities=probabilities.view(count, steps + 1).cpu(),
+    )
 
 
 def deletion_curves(

@@ -11,7 +11,7 @@ the original one by rank correlation.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -122,11 +122,23 @@ def cascading_randomisation(
     list[RandomisationStep]
         The trained model's step first (correlation 1), then one step per block.
     """
-    original = explain(model)
-    steps = [RandomisationStep(None, original, spearman(original, original))]
+    return cascading_randomisation_many(model, lambda m: {"": explain(m)}, blocks, seed)[""]
+
+
+def cascading_randomisation_many(
+    model: nn.Module,
+    explain: Callable[[nn.Module], Mapping[str, torch.Tensor]],
+    blocks: Sequence[str] | None = None,
+    seed: int = 0,
+) -> dict[str, list[RandomisationStep]]:
+    """``cascading_randomisation`` of several methods at once, ``explain(model) -> {method:
+    (N, H, W) maps}``: every method sees the same randomised models, and one call per model
+    lets the methods share its forward and backward passes."""
+    original = dict(explain(model))
+    steps = {name: [RandomisationStep(None, m, spearman(m, m))] for name, m in original.items()}
     randomised = copy.deepcopy(model)
     for k, block in enumerate(cascading_blocks(model) if blocks is None else blocks):
         reinitialise(randomised.get_submodule(block), seed + k)
-        maps = explain(randomised)
-        steps.append(RandomisationStep(block, maps, spearman(original, maps)))
+        for name, maps in explain(randomised).items():
+            steps[name].append(RandomisationStep(block, maps, spearman(original[name], maps)))
     return steps
