@@ -18,7 +18,7 @@ otherwise idle CPU cores: 100 photos in about 12 minutes (docs/faithfulness.md, 
 
 Usage:
     .venv/bin/python scripts/evaluate.py                 # scikit-image's photos -> docs/
-    .venv/bin/python scripts/evaluate.py --images ../shared/images --out out/faithfulness
+    .venv/bin/python scripts/evaluate.py --images path/to/photos --out out/faithfulness
         [--samples 25] [--noise 0.15] [--steps 32] [--seed 0] [--pixels-per-step 896]
         [--randomisation-photos 8] [--batch-size 16]
 """
