@@ -52,6 +52,6 @@ cat <<'MSG'
   Try it:  .venv/bin/python scripts/client.py path/to/photo.jpg --out out/
   or:      KEY=$(python3 -c 'import json; print(json.load(open("key_file.json"))["inference"]["key"])')
            curl -H "Authorization: Bearer $KEY" -H "Content-Type: application/octet-stream" \
-                --data-binary @photo.jpg http://127.0.0.1:8080/predictions/squeezenet_saliency
-  Stop:    scripts/stop.sh
 MSG
+echo "                --data-binary @photo.jpg $inference/predictions/squeezenet_saliency"
+echo "  Stop:    scripts/stop.sh"
