@@ -216,19 +216,18 @@ class SaliencyService:
         inputs = self.model_input([item.image.tensor for item in items])
         explained = [n for n, item in enumerate(items) if item.options.saliency]
         plain = [n for n, item in enumerate(items) if not item.options.saliency]
-        logits = torch.empty(len(items), 0, device=self.device)
+        rows: list[torch.Tensor | None] = [None] * len(items)  # each item's logits
         targets = [0] * len(items)
         extras: list[dict[str, Any]] = [{} for _ in items]
         pixels = peaks = display = None
         if explained:
             jobs = [self._job(items[n], inputs[n]) for n in explained]
             explanations: list[Explanation] = explain(self.model, jobs, self.context)
-            logits = torch.zeros(len(items), explanations[0].logits.shape[0], device=self.device)
             maps = torch.zeros(
                 len(items), *inputs.shape[2:], dtype=inputs.dtype, device=self.device
             )
             for n, explanation in zip(explained, explanations, strict=True):
-                logits[n] = explanation.logits
+                rows[n] = explanation.logits
                 maps[n] = explanation.map
                 targets[n] = explanation.target
                 extras[n] = explanation.extra
@@ -236,13 +235,10 @@ class SaliencyService:
             if any(item.options.colormap != "gray" or item.options.overlay for item in items):
                 display = rendering.display_levels(maps, [item.options.clip for item in items])
         if plain:
-            plain_logits = self.model(inputs[plain])
-            if not explained:
-                logits = plain_logits
-            else:
-                logits[torch.tensor(plain, device=self.device)] = plain_logits.to(logits.dtype)
-            for row, n in enumerate(plain):
-                targets[n] = int(plain_logits[row].argmax())
+            for n, row in zip(plain, self.model(inputs[plain]), strict=True):
+                rows[n] = row
+                targets[n] = int(row.argmax())
+        logits = torch.stack(rows)  # type: ignore[arg-type]  # every item has its row now
         probabilities = torch.softmax(logits.float(), dim=1)
         top_p, top_i = probabilities.topk(max(item.options.topk for item in items), dim=1)
         index = torch.tensor(targets, device=self.device)

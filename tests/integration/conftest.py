@@ -5,29 +5,16 @@ from __future__ import annotations
 import json
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 import torch
+from build_mar import stale_files
 from torchserve_ctl import MODEL_NAME, ROOT, Server
 
 from saliency_service.model import build_model
 
 MAR = ROOT / "model_store" / f"{MODEL_NAME}.mar"
-
-
-def stale_files(mar: Path) -> list[str]:
-    """Archived handler and config files that differ from the working tree's."""
-    handler = ROOT / "handler"
-    with zipfile.ZipFile(mar) as archive:
-        return [
-            name
-            for name in archive.namelist()
-            if name.endswith((".py", ".yaml"))
-            and (handler / name).is_file()
-            and archive.read(name) != (handler / name).read_bytes()
-        ]
 
 
 @pytest.fixture(scope="session")

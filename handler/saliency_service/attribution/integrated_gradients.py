@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .objectives import OBJECTIVES, BatchObjective, resolve_targets
+from .objectives import BatchObjective, resolve_targets
 from .result import SaliencyResult
 from .sampled import run_samplers
 
@@ -109,16 +109,19 @@ def integrated_gradients(
     paths = [PathPoints(inputs[n], baselines[n], counts[n]) for n in range(size)]
     run_samplers(model, paths, resolved, names, chunk_size)
     attributions = torch.stack([path.attributions() for path in paths])
-    at_input = _objective_values(logits, resolved, names)
-    at_baseline = _objective_values(baseline_logits, resolved, names)
-    deltas = attributions.flatten(1).sum(dim=1) - (at_input - at_baseline)
+    deltas = convergence_deltas(attributions, logits, baseline_logits, resolved, names)
     maps = attributions.sum(dim=1).abs()
     return SaliencyResult(maps, logits, resolved), attributions, deltas
 
 
-def _objective_values(
-    logits: torch.Tensor, targets: torch.Tensor, names: Sequence[str]
+def convergence_deltas(
+    attributions: torch.Tensor,
+    logits: torch.Tensor,
+    baseline_logits: torch.Tensor,
+    targets: torch.Tensor,
+    objectives: Sequence[str],
 ) -> torch.Tensor:
-    return torch.stack(
-        [OBJECTIVES[name](logits[n : n + 1], targets[n : n + 1])[0] for n, name in enumerate(names)]
-    )
+    """Captum's convergence delta per sample: sum of attributions - (f(x) - f(x'))."""
+    objective = BatchObjective(list(objectives), targets, len(targets))
+    change = objective(logits) - objective(baseline_logits)
+    return attributions.flatten(1).sum(dim=1) - change

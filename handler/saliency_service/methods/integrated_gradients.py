@@ -8,8 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attribution.integrated_gradients import DEFAULT_STEPS, PathPoints
-from ..attribution.objectives import OBJECTIVES
+from ..attribution.integrated_gradients import DEFAULT_STEPS, PathPoints, convergence_deltas
 from ..attribution.sampled import Sampler
 from .base import ExplainContext, Job, SampledMethod
 from .options import ChoiceOption, IntegerOption
@@ -43,20 +42,14 @@ class IntegratedGradients(SampledMethod):
         logits: torch.Tensor,
         targets: torch.Tensor,
     ) -> list[tuple[torch.Tensor, dict[str, Any]]]:
-        paths = [sampler for sampler in samplers if isinstance(sampler, PathPoints)]
+        paths: list[PathPoints] = list(samplers)  # type: ignore[arg-type]  # made by sampler()
         with torch.no_grad():  # f(x') for the deltas: one forward of every baseline
             baseline_logits = model(torch.stack([path.baseline for path in paths]))
-        answers = []
-        for n, (job, path) in enumerate(zip(jobs, paths, strict=True)):
-            attributions = path.attributions()
-            objective = OBJECTIVES[job.objective]
-            target = targets[n : n + 1]
-            change = objective(logits[n : n + 1], target) - objective(
-                baseline_logits[n : n + 1], target
-            )
-            delta = float(attributions.sum() - change[0])
-            answers.append((attributions.sum(dim=0).abs(), {"delta": delta}))
-        return answers
+        attributions = torch.stack([path.attributions() for path in paths])
+        objectives = [job.objective for job in jobs]
+        deltas = convergence_deltas(attributions, logits, baseline_logits, targets, objectives)
+        maps = attributions.sum(dim=1).abs()
+        return [(maps[n], {"delta": float(deltas[n])}) for n in range(len(paths))]
 
 
 def _baseline(job: Job, context: ExplainContext) -> torch.Tensor:
