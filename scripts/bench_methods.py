@@ -338,26 +338,15 @@ def drive(
 
 def stale_entries(mar: Path, handler_dir: Path, weights: Path | None = None) -> list[str]:
     """What in the archive differs from the working tree's handler, or from ``weights``."""
-    tree = {
-        path.relative_to(handler_dir).as_posix(): path
-        for path in [
-            handler_dir / "saliency_handler.py",
-            handler_dir / "model-config.yaml",
-            *(handler_dir / "saliency_service").rglob("*.py"),
-        ]
-        if path.is_file()
-    }
-    with zipfile.ZipFile(mar) as archive:
-        packed = set(archive.namelist())
-        stale = [
-            name
-            for name, path in sorted(tree.items())
-            if name not in packed or archive.read(name) != path.read_bytes()
-        ]
-        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
-        serialized = manifest["model"]["serializedFile"]
-        if weights is not None and archive.read(serialized) != weights.read_bytes():
-            stale.append(f"{serialized} (other weights)")
+    from build_mar import stale_files
+
+    stale = stale_files(mar, handler_dir)
+    if weights is not None:
+        with zipfile.ZipFile(mar) as archive:
+            manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+            serialized = manifest["model"]["serializedFile"]
+            if archive.read(serialized) != weights.read_bytes():
+                stale.append(f"{serialized} (other weights)")
     return stale
 
 

@@ -71,21 +71,18 @@ def build(weights: Path, export_path: Path) -> Path:
     return export_path / f"{MODEL_NAME}.mar"
 
 
-def handler_files() -> dict[str, Path]:
+def handler_files(handler_dir: Path = HANDLER_DIR) -> dict[str, Path]:
     """Archive member name -> working-tree file, for everything of handler/ that is archived."""
-    files = {
-        "saliency_handler.py": HANDLER_DIR / "saliency_handler.py",
-        "model-config.yaml": HANDLER_DIR / "model-config.yaml",
-        "NOTICE-weights.md": HANDLER_DIR / "NOTICE-weights.md",
-    }
-    for path in sorted((HANDLER_DIR / "saliency_service").rglob("*.py")):
-        files[path.relative_to(HANDLER_DIR).as_posix()] = path
-    return files
+    names = ["saliency_handler.py", "model-config.yaml", "NOTICE-weights.md"]
+    files = {name: handler_dir / name for name in names}
+    for path in sorted((handler_dir / "saliency_service").rglob("*.py")):
+        files[path.relative_to(handler_dir).as_posix()] = path
+    return {name: path for name, path in files.items() if path.is_file()}
 
 
-def stale_files(mar: Path) -> list[str]:
+def stale_files(mar: Path, handler_dir: Path = HANDLER_DIR) -> list[str]:
     """What differs between the archive and handler/: changed, added or removed files."""
-    expected = handler_files()
+    expected = handler_files(handler_dir)
     with zipfile.ZipFile(mar) as archive:
         names = set(archive.namelist())
         changed = [
