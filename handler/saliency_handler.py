@@ -20,6 +20,7 @@ import torch
 
 from saliency_service import transport
 from saliency_service.pipeline import BatchReport, SaliencyService, ServiceConfig
+from saliency_service.routing import lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +63,23 @@ class SaliencyHandler:
                 )
         handler_config = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
         weights = model_dir / context.manifest["model"]["serializedFile"]
+        config = ServiceConfig.from_mapping(handler_config)
+        name = getattr(context, "model_name", None)
+        if name and name == config.routing.sampled_model:
+            # This registration answers the expensive requests: it yields the CPU to the
+            # interactive one (saliency_service/routing.py).
+            lower_priority(config.routing.sampled_niceness)
         self.service = SaliencyService.from_files(
-            weights, model_dir / LABELS_FILE, device, ServiceConfig.from_mapping(handler_config)
+            weights, model_dir / LABELS_FILE, device, config, name
         )
         self.service.warm_up()
         log.info(
-            "squeezenet saliency ready on %s (pid %d, %d torch threads)",
+            "%s ready on %s (pid %d, %d torch threads, nice %d)",
+            name or "squeezenet saliency",
             device,
             os.getpid(),
             torch.get_num_threads(),
+            os.getpriority(os.PRIO_PROCESS, 0),
         )
         self.initialized = True
 
@@ -80,6 +89,8 @@ class SaliencyHandler:
             context.set_response_content_type(index, "application/json")
             if answer.status != HTTPStatus.OK:
                 context.set_response_status(answer.status, HTTPStatus(answer.status).phrase, index)
+            for name, value in answer.headers.items():
+                context.set_response_header(index, name, value)
             # gRPC StreamPredictions needs ts_stream_next, or the front end restarts the worker.
             properties = context.get_all_request_header(index)
             for name, value in transport.response_headers(properties).items():

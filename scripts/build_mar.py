@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -98,6 +99,27 @@ def stale_files(mar: Path, handler_dir: Path = HANDLER_DIR) -> list[str]:
             and name not in expected
         ]
     return changed + removed
+
+
+def variant_archive(store: Path, source: Path | None = None, **settings: object) -> Path:
+    """A copy of the built archive in ``store`` with model-config.yaml settings replaced, top
+    level or in the handler block (e.g. ``responseTimeout=15``, ``sampled_model='""'``): the
+    yaml inside the archive overrides config.properties. For tests and load experiments."""
+    source = source or ROOT / "model_store" / f"{MODEL_NAME}.mar"
+    store.mkdir(parents=True, exist_ok=True)
+    target = store / source.name
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w") as copy:
+        for item in archive.infolist():
+            data = archive.read(item.filename)
+            if item.filename == "model-config.yaml":
+                text = data.decode()
+                for key, value in settings.items():
+                    text, count = re.subn(rf"(?m)^(\s*){key}:.*$", rf"\g<1>{key}: {value}", text)
+                    if count != 1:
+                        raise ValueError(f"model-config.yaml has no single {key} line")
+                data = text.encode()
+            copy.writestr(item, data)
+    return target
 
 
 def main() -> int:

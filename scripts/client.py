@@ -32,6 +32,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -128,23 +129,34 @@ def post_image(
         data, {k: v for k, v in (options or {}).items() if v is not None}
     )
     endpoint = "explanations" if explain else "predictions"
-    request = urllib.request.Request(
-        f"{url.rstrip('/')}/{endpoint}/{MODEL_NAME}",
-        data=body,
-        method="POST",
-        headers={"Content-Type": content_type, "Accept": "application/json"},
-    )
+    target = f"{url.rstrip('/')}/{endpoint}/{MODEL_NAME}"
+    headers = {"Content-Type": content_type, "Accept": "application/json"}
     if token:
-        request.add_header("Authorization", f"Bearer {token}")
+        headers["Authorization"] = f"Bearer {token}"
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return _decode_answer(response.read())
+        try:
+            return _post(target, body, headers, timeout)
+        except urllib.error.HTTPError as exc:
+            # Expensive explanations are answered by the server's second registration (307,
+            # README "Cost isolation"); urllib follows no redirect of a POST, so follow it here,
+            # once and only on the same server, where the token belongs.
+            location = exc.headers.get("Location", "") if exc.code == 307 else ""
+            if not location.startswith("/predictions/"):
+                raise
+            exc.close()
+            return _post(urllib.parse.urljoin(target, location), body, headers, timeout)
     except urllib.error.HTTPError as exc:
         raise _http_error(exc) from None
     except urllib.error.URLError as exc:
         raise _transport_error(exc.reason, url, timeout) from None
     except OSError as exc:  # timeouts while reading, connections reset mid-answer
         raise _transport_error(exc, url, timeout) from None
+
+
+def _post(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> dict:
+    request = urllib.request.Request(url, data=body, method="POST", headers=dict(headers))
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return _decode_answer(response.read())
 
 
 def grpc_input(image: bytes, options: Mapping[str, Any]) -> dict[str, bytes]:
@@ -183,17 +195,25 @@ class GrpcClient:
         """Like post_image: the decoded answer, or ServiceError with the server's error code."""
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         fields = grpc_input(data, {k: v for k, v in (options or {}).items() if v is not None})
-        request = self._request(model_name=MODEL_NAME, input=fields)
-        try:
-            reply = self._stub.Predictions(request, metadata=self._metadata, timeout=self.timeout)
-        except self._grpc.RpcError as exc:
-            raise self._rpc_error(exc) from None
-        answer = _decode_answer(reply.prediction)
-        # TorchServe sends the service's errors with gRPC status OK: the body says it failed.
-        error = answer.get("error")
-        if isinstance(error, dict):
-            raise ServiceError(str(error.get("code")), str(error.get("message")))
-        return answer
+        model = MODEL_NAME
+        for _ in range(2):
+            request = self._request(model_name=model, input=fields)
+            try:
+                reply = self._stub.Predictions(
+                    request, metadata=self._metadata, timeout=self.timeout
+                )
+            except self._grpc.RpcError as exc:
+                raise self._rpc_error(exc) from None
+            answer = _decode_answer(reply.prediction)
+            # TorchServe sends the service's errors with gRPC status OK: the body says it failed.
+            error = answer.get("error")
+            if not isinstance(error, dict):
+                return answer
+            location = str(error.get("location") or "")
+            if model != MODEL_NAME or not location.startswith("/predictions/"):
+                break
+            model = location.removeprefix("/predictions/")  # gRPC has no redirects: go there
+        raise ServiceError(str(error.get("code")), str(error.get("message")))
 
     def _rpc_error(self, exc: Any) -> ServiceError:
         """An error of the front end (token, queue, unknown model) or of the connection."""

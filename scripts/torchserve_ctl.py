@@ -26,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "squeezenet_saliency"
+# The same archive registered a second time for expensive explanations (config.properties).
+SAMPLED_MODEL_NAME = f"{MODEL_NAME}_sampled"
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
 
 
@@ -48,6 +50,13 @@ def parse_properties(text: str) -> dict[str, str]:
 
 def read_properties(path: Path) -> dict[str, str]:
     return parse_properties(path.read_text())
+
+
+def registered_models(properties: dict[str, str]) -> list[str]:
+    """The model names of ``load_models=name=file.mar,...`` (the production config has two)."""
+    entries = [e.strip() for e in properties.get("load_models", "").split(",") if e.strip()]
+    names = [entry.split("=", 1)[0] for entry in entries if "=" in entry]
+    return names or [MODEL_NAME]
 
 
 def with_ports(config_text: str, ports: dict[str, int]) -> str:
@@ -129,7 +138,7 @@ def wait_ready(
     """Block until a worker of ``model`` is READY; fail early if the JVM died."""
     deadline = time.monotonic() + timeout
     last_error = "no answer yet"
-    while time.monotonic() < deadline:
+    while True:
         pid = int(pid_file.read_text().strip()) if pid_file.is_file() else None
         if pid is not None and not pid_alive(pid):
             raise RuntimeError(f"TorchServe (pid {pid}) exited during start-up; see its logs")
@@ -142,6 +151,8 @@ def wait_ready(
             last_error = f"workers: {[w.get('status') for w in workers]}"
         except (OSError, ValueError, KeyError, urllib.error.URLError) as exc:
             last_error = str(exc)
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.25)
     raise TimeoutError(f"{model} not ready after {timeout:.0f} s ({last_error})")
 
@@ -171,6 +182,7 @@ class Server:
         text = with_absolute_paths(text, self.base_config.resolve().parent)
         self.config.write_text(text + ("\n" + self.extra_config if self.extra_config else ""))
         self.keys: dict[str, str] = {}
+        self.models = registered_models(parse_properties(text + "\n" + self.extra_config))
 
     def url(self, kind: str) -> str:
         return f"http://127.0.0.1:{self.ports[f'{kind}_address']}"
@@ -222,19 +234,25 @@ class Server:
             )
         if started.returncode != 0:
             raise RuntimeError(f"torchserve --start failed: {start_log.read_text()}")
+        deadline = time.monotonic() + timeout
         try:
-            wait_ready(self.workdir, self.url("management"), self.pid_file, timeout)
+            for model in self.models:
+                left = max(deadline - time.monotonic(), 1.0)
+                wait_ready(self.workdir, self.url("management"), self.pid_file, left, model)
         except Exception:
             self.stop()
             raise
         self.keys = read_keys(self.workdir)
         return self
 
-    def worker_pids(self) -> list[int]:
-        described = http_json(
-            f"{self.url('management')}/models/{MODEL_NAME}", self.keys["management"]
-        )
-        return [int(w["pid"]) for w in described[0]["workers"] if w.get("pid")]
+    def worker_pids(self, model: str | None = MODEL_NAME) -> list[int]:
+        """The worker processes of ``model``; of every registered model for None."""
+        pids = []
+        for name in [model] if model else self.models:
+            url = f"{self.url('management')}/models/{name}"
+            workers = http_json(url, self.keys["management"])[0]["workers"]
+            pids += [int(w["pid"]) for w in workers if w.get("pid")]
+        return pids
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop the JVM and its workers; kill them if a clean stop does not finish in time."""
@@ -269,18 +287,24 @@ def main() -> int:
     args = parser.parse_args()
     properties = read_properties(args.config)
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
-    try:
-        described = wait_ready(
-            args.workdir, properties["management_address"], tmp / ".model_server.pid", args.timeout
+    deadline = time.monotonic() + args.timeout
+    for model in registered_models(properties):
+        try:
+            described = wait_ready(
+                args.workdir,
+                properties["management_address"],
+                tmp / ".model_server.pid",
+                max(deadline - time.monotonic(), 1.0),
+                model,
+            )
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"{described['modelName']} ready: batch size {described['batchSize']}, "
+            f"max batch delay {described['maxBatchDelay']} ms, "
+            f"{len(described['workers'])} worker(s) on {described.get('deviceType', '?')}"
         )
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(
-        f"{described['modelName']} ready: batch size {described['batchSize']}, "
-        f"max batch delay {described['maxBatchDelay']} ms, "
-        f"{len(described['workers'])} worker(s) on {described.get('deviceType', '?')}"
-    )
     return 0
 
 

@@ -7,11 +7,9 @@ service's code, so the tests judge the server from the outside, as a client woul
 from __future__ import annotations
 
 import io
-import re
 import struct
 import threading
 import time
-import zipfile
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -141,27 +139,6 @@ def percentiles(seconds: Sequence[float]) -> dict[str, float]:
     return {f"p{q}": float(np.percentile(values, q)) for q in (50, 95, 99)} | {
         "max": float(values.max())
     }
-
-
-def variant_mar(store: Path, **settings: int) -> Path:
-    """A copy of the built .mar in ``store`` with top-level model-config.yaml settings replaced
-    (e.g. ``responseTimeout=15``): the yaml inside the archive overrides config.properties."""
-    from torchserve_ctl import ROOT
-
-    source = ROOT / "model_store" / f"{MODEL_NAME}.mar"
-    store.mkdir(parents=True, exist_ok=True)
-    target = store / source.name
-    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w") as copy:
-        for item in archive.infolist():
-            data = archive.read(item.filename)
-            if item.filename == "model-config.yaml":
-                text = data.decode()
-                for key, value in settings.items():
-                    text, count = re.subn(rf"(?m)^{key}:.*$", f"{key}: {value}", text)
-                    assert count == 1, f"model-config.yaml has no single {key} line"
-                data = text.encode()
-            copy.writestr(item, data)
-    return target
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:

@@ -82,3 +82,31 @@ def payload_too_large(size: int, limit: int) -> RequestError:
     return RequestError(
         "payload_too_large", f"The image data is {size} bytes; the limit is {limit}.", status=413
     )
+
+
+@dataclass(frozen=True)
+class Redirect(RequestError):
+    """Not an error of the client's: the request is answered by another model, at ``location``.
+
+    HTTP clients that follow redirects (307 keeps the method, the body and, on the same host,
+    the Authorization header) resend it there by themselves; gRPC, which has no redirects,
+    receives the body and its message.
+    """
+
+    status: int = 307
+    location: str = ""
+
+    def to_json(self) -> dict:
+        body = super().to_json()
+        body["error"]["location"] = self.location  # for gRPC clients: where to send it
+        return body
+
+
+def served_elsewhere(method: str, passes: int, limit: int, model: str) -> Redirect:
+    return Redirect(
+        "served_by_another_model",
+        f"Method {method!r} costs {passes} passes through the network; this model answers "
+        f"requests of at most {limit}, so that cheap requests never queue behind expensive "
+        f"ones. Send it to /predictions/{model}.",
+        location=f"/predictions/{model}",
+    )

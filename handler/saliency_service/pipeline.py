@@ -20,11 +20,12 @@ from torch import nn
 
 from . import images, rendering
 from .attribution import PREDICTED, vanilla_saliency
-from .errors import RequestError
+from .errors import Redirect, RequestError
 from .labels import Labels
 from .methods import METHODS, ExplainContext, Explanation, Job, explain
 from .model import CAM_LAYER, load_model
 from .parsing import Options, RequestLimits, SaliencyRequest, parse_request
+from .routing import Routing
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class ServiceConfig:
     # CPU ~15-20 MB of activations each, and batches past ~16-32 images are no faster per image.
     max_gradient_batch: int = 32
     cam_layer: str | None = CAM_LAYER  # the submodule Grad-CAM explains
+    routing: Routing = field(default_factory=Routing)  # off unless a sampled model is named
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ServiceConfig:
@@ -56,15 +58,17 @@ class ServiceConfig:
             RequestLimits(max_bytes, max_topk, max_samples, max_steps),
             max_gradient_batch,
             values.get("cam_layer", cls.cam_layer),
+            Routing.from_mapping(values),
         )
 
 
 @dataclass(frozen=True)
 class Answer:
-    """One response: HTTP status and a JSON-serialisable body."""
+    """One response: HTTP status, a JSON-serialisable body, and headers beside the usual ones."""
 
     status: int
     body: dict
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,6 +118,7 @@ class SaliencyService:
         labels: Labels,
         device: torch.device | str = "cpu",
         config: ServiceConfig | None = None,
+        model_name: str | None = None,
     ) -> None:
         self.device = torch.device(device)
         # The service owns the model from here on: it is moved and re-laid out in place. Inputs
@@ -128,6 +133,8 @@ class SaliencyService:
         )
         self.labels = labels
         self.config = config or ServiceConfig()
+        # Named as TorchServe registered it; only a named service redirects (routing.py).
+        self.redirects = self.config.routing.redirects(model_name)
         self.last_report = BatchReport()
         layer_name = self.config.cam_layer
         self.context = ExplainContext(
@@ -144,8 +151,9 @@ class SaliencyService:
         labels: str | Path,
         device: torch.device | str = "cpu",
         config: ServiceConfig | None = None,
+        model_name: str | None = None,
     ) -> SaliencyService:
-        return cls(load_model(weights), Labels.from_json(labels), device, config)
+        return cls(load_model(weights), Labels.from_json(labels), device, config, model_name)
 
     def warm_up(self) -> None:
         """One saliency pass on a blank image, so the first client does not pay for lazy setup."""
@@ -163,6 +171,9 @@ class SaliencyService:
                 for index, row in enumerate(rows):
                     try:
                         items.append(self._prepare(index, row))
+                    except Redirect as redirect:
+                        headers = {"Location": redirect.location}
+                        answers[index] = Answer(redirect.status, redirect.to_json(), headers)
                     except RequestError as error:
                         answers[index] = Answer(error.status, error.to_json())
                     except Exception:  # a bug costs this request alone, and is logged
@@ -188,6 +199,8 @@ class SaliencyService:
             method = METHODS[options.method]
             method.check(self.context)
             options = replace(options, settings=method.settle(options.settings))  # reported back
+        if self.redirects:  # before decoding: a redirected image costs nothing here
+            self.config.routing.check(options)
         image = images.decode(request.image, self.config.image_limits)
         return _Item(index, options, images.preprocess(image))
 

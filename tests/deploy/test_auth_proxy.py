@@ -143,7 +143,10 @@ def test_predictions_without_a_valid_key_are_refused(proxy: str, headers: dict) 
 
 
 @pytest.mark.parametrize("key", KEYS.values(), ids=KEYS.keys())
-@pytest.mark.parametrize("path", [PROXIED, "/explanations/squeezenet_saliency", PROXIED + "/1.0"])
+@pytest.mark.parametrize(
+    "path",
+    [PROXIED, "/explanations/squeezenet_saliency", PROXIED + "/1.0", PROXIED + "_sampled"],
+)
 def test_every_key_from_the_secret_is_accepted_and_not_forwarded(
     proxy: str, key: str, path: str
 ) -> None:

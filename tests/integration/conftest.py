@@ -59,13 +59,15 @@ class Api:
         data: dict | None = None,
         headers: dict | None = None,
         token: str | None = "inference",
+        model: str = MODEL_NAME,
+        allow_redirects: bool = True,
     ) -> requests.Response:
         all_headers = dict(headers or {})
         if token:
             all_headers["Authorization"] = f"Bearer {self.server.keys.get(token, token)}"
         if body is not None and "Content-Type" not in all_headers:
             all_headers["Content-Type"] = "application/octet-stream"
-        url = f"{self.server.url('inference')}/{endpoint}/{MODEL_NAME}"
+        url = f"{self.server.url('inference')}/{endpoint}/{model}"
         return requests.post(
             url,
             data=body if body is not None else data,
@@ -73,6 +75,7 @@ class Api:
             files=files,
             headers=all_headers,
             timeout=120,
+            allow_redirects=allow_redirects,  # requests resends a 307 with body and token
         )
 
 

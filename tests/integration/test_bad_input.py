@@ -36,9 +36,9 @@ def chelsea() -> Image.Image:
 def first_workers(server, api) -> Iterator[list[int]]:
     """The worker PIDs before this module; after it (whatever order its tests ran in), the same
     worker must still be there and answer."""
-    before = server.worker_pids()
+    before = server.worker_pids(None)
     yield before
-    assert server.worker_pids() == before, "a request of this module restarted the worker"
+    assert server.worker_pids(None) == before, "a request of this module restarted the worker"
     assert api.post(GOOD).status_code == 200, "the worker no longer answers a good request"
 
 

@@ -9,6 +9,7 @@ own: a sequenced call stops the model, which is why gRPC stays on loopback).
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 
@@ -140,18 +141,18 @@ def test_grpc_management_needs_the_management_key(server, token) -> None:
 
 def test_stream_predictions_answers_with_one_message(stub, server) -> None:
     """Without ts_stream_next the front end throws in GRPCJob.response: 'Worker died.'."""
-    workers = server.worker_pids()
+    workers = server.worker_pids(None)
     good = list(stub.StreamPredictions(request(data=GOOD), metadata=auth(server), timeout=120))
     bad = list(stub.StreamPredictions(request(data=b"junk"), metadata=auth(server), timeout=120))
     assert len(good) == len(bad) == 1
     assert json.loads(good[0].prediction)["prediction"]["index"] == 967  # espresso
     assert json.loads(bad[0].prediction)["error"]["code"] == "invalid_image"
-    assert server.worker_pids() == workers
+    assert server.worker_pids(None) == workers
 
 
 def test_http_and_grpc_streams_batched_together_are_each_answered_right(stub, server) -> None:
     """ts_stream_next is set per request: on HTTP it would end the answer before its headers."""
-    workers = server.worker_pids()
+    workers = server.worker_pids(None)
 
     def stream() -> list:
         return list(stub.StreamPredictions(request(data=GOOD), metadata=auth(server), timeout=120))
@@ -165,7 +166,7 @@ def test_http_and_grpc_streams_batched_together_are_each_answered_right(stub, se
             assert answer.status_code == 200, answer.text
             assert answer.headers["Content-Type"].startswith("application/json")
             assert answer.json()["prediction"]["index"] == 967
-    assert server.worker_pids() == workers
+    assert server.worker_pids(None) == workers
 
 
 @pytest.fixture
@@ -192,13 +193,13 @@ def stream2(server: Server, message: Request) -> list:
 def test_stream_predictions2_without_a_sequence_id_is_refused_cleanly(server) -> None:
     """Refused by the front end itself, so the shared server is safe; the sequenced call, which
     stops the model, gets a server of its own (``own_server``), used by that test alone."""
-    workers = server.worker_pids()
+    workers = server.worker_pids(None)
     replies = stream2(server, request(data=GOOD))
     assert len(replies) == 1 and not replies[0].prediction
     assert replies[0].status.code == grpc.StatusCode.INTERNAL.value[0]
     assert "sequenceId is required" in replies[0].status.message
     assert post(server, GOOD).json()["prediction"]["index"] == 967
-    assert server.worker_pids() == workers
+    assert server.worker_pids(None) == workers
 
 
 def test_stream_predictions2_with_a_sequence_id_stops_the_model(own_server) -> None:
@@ -241,3 +242,19 @@ def test_client_script_over_grpc(server, tmp_path, capsys) -> None:
 
     assert client.main([str(tmp_path / "in" / "coffee.png"), *common, "--token", "wrong"]) == 1
     assert "failed: PERMISSION_DENIED" in capsys.readouterr().err
+
+
+def test_expensive_methods_name_the_sampled_model_and_the_client_goes_there(stub, server) -> None:
+    """gRPC has no redirects: the interactive model answers with the error JSON and where to go;
+    scripts/client.py then calls that model, which answers."""
+    options = {"method": "smoothgrad", "samples": "3", "seed": "4"}
+    refused = predict(stub, server, data=GOOD, **options)
+    assert refused["error"]["code"] == "served_by_another_model"
+    assert refused["error"]["location"] == f"/predictions/{MODEL_NAME}_sampled"
+    grpc_client = client.GrpcClient(server.grpc_address(), server.keys["inference"])
+    answer = grpc_client.predict(GOOD, {"method": "smoothgrad", "samples": 3, "seed": 4})
+    assert answer["saliency"]["method"] == "smoothgrad" and answer["saliency"]["seed"] == 4
+    document = {"image": base64.b64encode(GOOD).decode(), "method": "smoothgrad", "samples": 3}
+    over_http = post(server, json_body={**document, "seed": 4})  # requests follows the 307
+    assert over_http.status_code == 200 and over_http.history[0].status_code == 307
+    assert_same_answer(over_http.json(), answer, levels=reference.MAX_LEVELS)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import requests
-from hardening import percentiles, post, proc_status, variant_mar, wait_for
+from build_mar import variant_archive
+from hardening import percentiles, post, proc_status, wait_for
 from photos import png_bytes
 from torchserve_ctl import Server, pid_alive
 
@@ -185,7 +186,7 @@ def fault_server(tmp_path_factory: pytest.TempPathFactory):
     """A server of its own: its worker gets killed; responseTimeout is short."""
     workdir = tmp_path_factory.mktemp("faults")
     store = workdir / "store"
-    variant_mar(store, responseTimeout=FAULT_RESPONSE_TIMEOUT)
+    variant_archive(store, responseTimeout=FAULT_RESPONSE_TIMEOUT)
     instance = Server(workdir=workdir / "ts", model_store=store)
     instance.start()
     try:

@@ -6,6 +6,7 @@ import zipfile
 from pathlib import Path
 
 import build_mar
+import pytest
 
 
 def archive(path: Path, members: dict[str, bytes]) -> Path:
@@ -44,3 +45,22 @@ def test_every_python_file_of_the_package_is_compared() -> None:
     names = build_mar.handler_files()
     assert "saliency_service/methods/registry.py" in names
     assert "saliency_service/attribution/gradcam.py" in names
+
+
+def test_a_variant_archive_changes_the_named_settings_only(tmp_path: Path) -> None:
+    yaml = (
+        "batchSize: 8\nhandler:\n  max_steps: 256\n  sampled_model: squeezenet_saliency_sampled\n"
+    )
+    source = tmp_path / "source" / "squeezenet_saliency.mar"
+    source.parent.mkdir()
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr("model-config.yaml", yaml)
+        archive.writestr("saliency_handler.py", "# handler\n")
+    variant = build_mar.variant_archive(tmp_path / "store", source, batchSize=1, sampled_model='""')
+    with zipfile.ZipFile(variant) as archive:
+        assert archive.read("model-config.yaml").decode() == (
+            'batchSize: 1\nhandler:\n  max_steps: 256\n  sampled_model: ""\n'
+        )
+        assert archive.read("saliency_handler.py") == b"# handler\n"
+    with pytest.raises(ValueError, match="no single maxWorkers"):
+        build_mar.variant_archive(tmp_path / "other", source, maxWorkers=2)

@@ -70,6 +70,10 @@ class Method(ABC):
         """Settings made concrete before computing (e.g. a drawn seed); reported back."""
         return settings
 
+    def passes(self, settings: Settings) -> int:
+        """Images one request sends through the network: the cost that routing compares."""
+        return 1
+
     def check(self, context: ExplainContext) -> None:
         """Raise ``RequestError`` if this model cannot be explained this way."""
         return None

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..attribution.integrated_gradients import DEFAULT_STEPS, PathPoints, convergence_deltas
 from ..attribution.sampled import Sampler
-from .base import ExplainContext, Job, SampledMethod
+from .base import ExplainContext, Job, SampledMethod, Settings
 from .options import ChoiceOption, IntegerOption
 
 BASELINES = ("zero", "black")  # zeros of the normalised input (Captum's default), a black image
@@ -29,6 +29,9 @@ class IntegratedGradients(SampledMethod):
             "baseline", "zero", "the path's start: zero input or a black image", BASELINES
         ),
     )
+
+    def passes(self, settings: Settings) -> int:
+        return 2 + settings["steps"]  # forwards of the input and the baseline, one per point
 
     def sampler(self, job: Job, context: ExplainContext) -> Sampler:
         baseline = _baseline(job, context)

@@ -36,6 +36,9 @@ class NoisyMethod(SampledMethod):
             return {**settings, "seed": secrets.randbelow(MAX_SEED + 1)}
         return settings
 
+    def passes(self, settings: Settings) -> int:
+        return 1 + settings["samples"]  # the clean forward, then one gradient per copy
+
     def sampler(self, job: Job, context: ExplainContext) -> Sampler:
         x, settings = job.inputs, job.settings
         sigma = settings["noise"] * float(x.max() - x.min())

@@ -1,0 +1,148 @@
+"""Cost routing: which requests the interactive registration redirects, and what they cost."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from saliency_service.errors import Redirect
+from saliency_service.methods import METHODS
+from saliency_service.parsing import Options
+from saliency_service.pipeline import SaliencyService, ServiceConfig
+from saliency_service.routing import Routing
+
+HANDLER = Path(__file__).resolve().parents[2] / "handler"
+INTERACTIVE, SAMPLED = "squeezenet_saliency", "squeezenet_saliency_sampled"
+ROUTED = {"sampled_model": SAMPLED, "max_passes": 1}
+# Every method at small settings: what each sends through the network is counted below.
+REQUESTS = {
+    "vanilla": {},
+    "gradcam": {},
+    "smoothgrad": {"samples": 3, "seed": 1},
+    "smoothgrad_sq": {"samples": 2, "seed": 1},
+    "vargrad": {"samples": 4, "seed": 1},
+    "integrated_gradients": {"steps": 5},
+}
+
+
+def service(model: torch.nn.Module, labels, name: str | None, **routing) -> SaliencyService:
+    config = ServiceConfig.from_mapping(routing)
+    return SaliencyService(copy.deepcopy(model), labels, "cpu", config, name)
+
+
+def row(image: bytes, **options) -> dict:
+    return {
+        "image": bytearray(image),
+        **{k: bytearray(str(v).encode()) for k, v in options.items()},
+    }
+
+
+def test_configuration() -> None:
+    assert Routing.from_mapping({}) == Routing("", 1, 10)
+    routing = Routing.from_mapping(ROUTED)
+    assert routing.redirects(INTERACTIVE) and routing.redirects("another_name")
+    assert not routing.redirects(SAMPLED)  # the sampled registration answers everything
+    assert not routing.redirects(None)  # in process (tests, benchmarks): no TorchServe name
+    assert not Routing.from_mapping({"sampled_model": ""}).redirects(INTERACTIVE)
+    for bad in ({"max_passes": 0}, {"sampled_niceness": 20}, {"sampled_niceness": -1}):
+        with pytest.raises(ValueError):
+            Routing.from_mapping(bad)
+
+
+@pytest.mark.parametrize("method", sorted(REQUESTS))
+def test_passes_count_the_images_through_the_network(model, labels, chelsea_png, method) -> None:
+    """A method's declared cost is what the service really sends through the model."""
+    server = service(model, labels, None)
+    images = []
+    hook = server.model.register_forward_pre_hook(lambda _, args: images.append(len(args[0])))
+    try:
+        (answer,) = server.handle_batch([row(chelsea_png, method=method, **REQUESTS[method])])
+    finally:
+        hook.remove()
+    assert answer.status == 200, answer.body
+    settings = {**METHODS[method].defaults(), **REQUESTS[method]}
+    assert sum(images) == METHODS[method].passes(settings)
+
+
+def test_expensive_requests_are_redirected_before_decoding(model, labels, chelsea_png) -> None:
+    interactive = service(model, labels, INTERACTIVE, **ROUTED)
+    alone = service(model, labels, None)
+    cheap = [row(chelsea_png), row(chelsea_png, method="gradcam"), {"body": bytearray(chelsea_png)}]
+    expensive = [
+        row(b"not an image: never decoded here", method="smoothgrad", samples=1),
+        row(chelsea_png, method="integrated_gradients", steps=1),
+    ]
+    answers = interactive.handle_batch([expensive[0], cheap[0], expensive[1], cheap[1], cheap[2]])
+    for answer in (answers[0], answers[2]):
+        assert answer.status == 307
+        assert answer.headers == {"Location": f"/predictions/{SAMPLED}"}
+        assert answer.body["error"]["code"] == "served_by_another_model"
+        assert answer.body["error"]["location"] == f"/predictions/{SAMPLED}"
+    assert "2 passes" in answers[0].body["error"]["message"]
+    # The cheap neighbours are computed as a batch of their own, exactly as without the others.
+    expected = alone.handle_batch(cheap)
+    for answer, wanted in zip([answers[1], answers[3], answers[4]], expected, strict=True):
+        assert answer.status == 200 and not answer.headers
+        assert {**answer.body, "serving": None} == {**wanted.body, "serving": None}
+    assert interactive.last_report.error_codes == []  # a redirect is not an error
+
+
+def test_the_sampled_registration_and_a_raised_limit_answer_in_place(
+    model, labels, chelsea_png
+) -> None:
+    request = row(chelsea_png, method="smoothgrad", samples=3, seed=7)
+    (expected,) = service(model, labels, None).handle_batch([request])
+    for name, routing in ((SAMPLED, ROUTED), (INTERACTIVE, {**ROUTED, "max_passes": 4})):
+        (answer,) = service(model, labels, name, **routing).handle_batch([request])
+        assert answer.status == 200
+        assert answer.body["saliency"] == expected.body["saliency"]
+
+
+def test_plain_classification_is_never_redirected() -> None:
+    routing = Routing.from_mapping(ROUTED)
+    expensive = {"samples": 50, "noise": 0.15, "seed": 1}
+    routing.check(Options(saliency=False, method="smoothgrad", settings=expensive))
+    with pytest.raises(Redirect):
+        routing.check(Options(method="smoothgrad", settings=expensive))
+
+
+def test_lower_priority_reaches_every_thread() -> None:
+    """Threads already running and threads made later (PyTorch's pool) all yield the CPU."""
+    script = textwrap.dedent(
+        """
+        import os, threading, time
+        from pathlib import Path
+        from saliency_service.routing import lower_priority
+        started = threading.Event()
+        threading.Thread(target=lambda: (started.set(), time.sleep(5)), daemon=True).start()
+        started.wait()
+        lower_priority(3)
+        threading.Thread(target=lambda: time.sleep(5), daemon=True).start()
+        print(sorted({os.getpriority(os.PRIO_PROCESS, int(t.name))
+                      for t in Path("/proc/self/task").iterdir()}))
+        """
+    )
+    base = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    niceness = int(base.stdout)
+    environment = {**os.environ, "PYTHONPATH": str(HANDLER)}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=environment,
+    )
+    assert done.stdout.strip() == str([min(niceness + 3, 19)])
