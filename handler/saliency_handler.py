@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from saliency_service import transport
+from saliency_service.model import SPEC_FILE, ModelSpec
 from saliency_service.pipeline import BatchReport, SaliencyService, ServiceConfig
 from saliency_service.routing import lower_priority
 
@@ -69,8 +70,11 @@ class SaliencyHandler:
             # This registration answers the expensive requests: it yields the CPU to the
             # interactive one (saliency_service/routing.py).
             lower_priority(config.routing.sampled_niceness)
+        # An archive without model.json is the SqueezeNet 1.1 one (built before other models).
+        spec_file = model_dir / SPEC_FILE
+        spec = ModelSpec.from_file(spec_file) if spec_file.is_file() else ModelSpec()
         self.service = SaliencyService.from_files(
-            weights, model_dir / LABELS_FILE, device, config, name
+            weights, model_dir / LABELS_FILE, device, config, name, spec
         )
         self.service.warm_up()
         log.info(

@@ -402,7 +402,7 @@ def http_benchmark(
         for key, server in servers.items():
             server.stop()
             found = re.findall(
-                r"squeezenet saliency ready on .*?(\d+) torch threads", server.log_text()
+                r"squeezenet_saliency ready on .*?(\d+) torch threads", server.log_text()
             )
             threads[key] = found[-1] if found else "?"
         for pid in stock_workers:

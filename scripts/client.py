@@ -55,11 +55,14 @@ SERVER_HINT = "is the server running? scripts/serve.sh starts it"
 class ServiceError(Exception):
     """A failed request: the server's error code and message, or a transport problem."""
 
-    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.status = status
+        self.retry_after = retry_after  # seconds, when the server said when to come back
 
 
 def load_token(key_file: str | Path) -> str:
@@ -251,7 +254,9 @@ def _http_error(exc: urllib.error.HTTPError) -> ServiceError:
         document = None
     if isinstance(document, dict) and isinstance(document.get("error"), dict):
         error = document["error"]
-        return ServiceError(str(error.get("code")), str(error.get("message")), exc.code)
+        retry_after = exc.headers.get("Retry-After", "")
+        wait = float(retry_after) if retry_after.isdigit() else None
+        return ServiceError(str(error.get("code")), str(error.get("message")), exc.code, wait)
     if isinstance(document, dict) and "message" in document:
         code = str(document.get("type") or f"http_{exc.code}")
         message = str(document["message"])

@@ -98,9 +98,9 @@ SQUEEZENET_LAYERS = {  # torchvision module name -> the paper's layer name (Iand
     "features.0": "conv1",
 }
 RHO = "\u03c1"  # Spearman's rho, in Markdown (Pillow's default font has no Greek)
-# Photos explained together: the engine passes each photo twice in its single pass (a vanilla and
-# a Grad-CAM job), so 8 make one pass of 16 images, the batch size at which SqueezeNet's passes
-# cost least per image on 2 CPU cores.
+# Photos explained together: 8 make one gradient pass of 8 images (the vanilla jobs; each Grad-CAM
+# job takes its photo's forward pass from it, attribution.passes), where SqueezeNet's passes cost
+# about as little per image as at 16 on 2 CPU cores (Settings.batch_size).
 PHOTO_CHUNK = 8
 PASS_BELOW = 0.8  # a map whose rank correlation never falls below this ignored the weights
 CLOSE = 0.15  # a randomised map this close to the cross-photo correlation kept nothing learned
@@ -647,9 +647,10 @@ class Work:
 
 def work(settings: Settings, steps: int, blocks: int) -> Work:
     """``steps``: steps per curve; ``blocks``: layers the randomisation re-initialises."""
-    # The engine passes each photo twice in the single pass (the vanilla and the Grad-CAM job),
-    # once through the clean forward of each sampled job (shared noise, IG) and IG's baseline.
-    gradients = 2 + settings.samples + settings.steps
+    # The engine passes each photo once in the single pass (the vanilla job; the Grad-CAM job of
+    # the class score reuses its forward pass and needs no backward, attribution.passes), once
+    # through the clean forward of each sampled job (shared noise, IG) and IG's baseline.
+    gradients = 1 + settings.samples + settings.steps
     forwards = 2 + 1  # the clean passes of the two sampled jobs, IG's baseline
     curves = (len(METHOD_NAMES) + 1) * 2 * (steps + 1)
     models = blocks + 1  # the trained model and one per re-initialised block

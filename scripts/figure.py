@@ -5,20 +5,25 @@ resized), its saliency map from the running squeezenet_saliency server, and a ca
 predicted class and its probability. The server is called through scripts/client.py.
 
 With --methods, one row per photo instead: the crop, then its map under every explanation method
-(the noisy methods with a fixed --seed, so the figure is reproducible). IMAGE may be a file or
-``skimage:NAME`` (scikit-image's photos, e.g. skimage:chelsea). --start-server serves the
-request with a TorchServe of its own (scripts/torchserve_ctl.py's Server, model_store's archive,
-production config on free ports) instead of the running one.
+(the noisy methods with a fixed --seed, so the figure is reproducible). With --before-after, one
+photo's hot heatmap and overlay as the service drew them before colour clipping (scaled by the
+single hottest pixel, clip 100, and a constant 0.5 blend, reproduced here from that heatmap) and
+as it draws them now (its defaults: clip at the 99th percentile, opacity following the map).
+IMAGE may be a file or ``skimage:NAME`` (scikit-image's photos, e.g. skimage:chelsea).
+--start-server serves the requests with a TorchServe of its own (scripts/torchserve_ctl.py's
+Server, model_store's archive, production config on free ports) instead of the running one.
 
 Usage:
     .venv/bin/python scripts/figure.py IMAGE [IMAGE ...] [--out out/figure.png]
         [--colormap gray|hot] [--objective score|loss] [--size 224]
-        [--methods [vanilla,gradcam,...]] [--seed 0] [--start-server]
+        [--methods [vanilla,gradcam,...]] [--seed 0] [--before-after] [--start-server]
         [--url http://127.0.0.1:8080] [--key-file key_file.json | --token TOKEN] [--timeout 120]
 
     .venv/bin/python scripts/figure.py cat.png coffee.png --colormap hot --out docs/figure.png
     .venv/bin/python scripts/figure.py skimage:chelsea skimage:coffee --methods --colormap hot \
         --size 160 --start-server --out docs/methods.png
+    .venv/bin/python scripts/figure.py skimage:chelsea --before-after --size 160 --start-server \
+        --out docs/before-after.png
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ WHITE = (255, 255, 255)
 METHODS = ("vanilla", "gradcam", "smoothgrad", "smoothgrad_sq", "vargrad", "integrated_gradients")
 NOISY = ("smoothgrad", "smoothgrad_sq", "vargrad")  # take a seed
 SKIMAGE = "skimage:"
+# The overlay before it followed the map: the heatmap blended at a constant opacity everywhere.
+OLD_OVERLAY_ALPHA = 0.5
+BEFORE = {"colormap": "hot", "clip": 100, "topk": 1}  # scaled by the hottest pixel
+AFTER = {"colormap": "hot", "overlay": True, "topk": 1}  # clip and overlay at their defaults
 
 
 def read_source(source: str) -> bytes:
@@ -207,6 +216,72 @@ def compose_methods(
     return figure
 
 
+def decode_png(picture: dict | None, what: str) -> Image.Image:
+    if not picture or not picture.get("png"):
+        raise ServiceError("bad_response", f"the answer has no {what} picture")
+    return Image.open(io.BytesIO(base64.b64decode(picture["png"]))).convert("RGB")
+
+
+def before_after_rows(
+    crop: Image.Image, before: dict, after: dict
+) -> list[tuple[str, list[Image.Image]]]:
+    """(title, [crop, heatmap, overlay]) for the old rendering and the current one, at 224."""
+    old_heatmap = decode_png(before.get("heatmap"), "heatmap")
+    old_overlay = Image.blend(crop, old_heatmap, OLD_OVERLAY_ALPHA)
+    new_heatmap = decode_png(after.get("heatmap"), "heatmap")
+    new_overlay = decode_png(after.get("overlay"), "overlay")
+    return [
+        (
+            "before: scaled by the hottest pixel, overlay a constant 0.5 blend",
+            [crop, old_heatmap, old_overlay],
+        ),
+        (
+            "after: clipped at the 99th percentile, overlay as opaque as the map",
+            [crop, new_heatmap, new_overlay],
+        ),
+    ]
+
+
+def compose_before_after(
+    rows: list[tuple[str, list[Image.Image]]], titles: list[str], size: int
+) -> Image.Image:
+    """Column titles on top; each row under its own title line; tiles ``size`` square."""
+    font = load_font(max(12, round(size / 14)))
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    _, top, _, bottom = scratch.textbbox((0, 0), "Ag", font=font)
+    line_height = bottom - top + LINE_SPACING
+    columns = len(titles)
+    width = 2 * MARGIN + columns * size + (columns - 1) * GAP
+    row_height = line_height + CAPTION_GAP + size
+    height = 2 * MARGIN + line_height + len(rows) * (row_height + GAP)
+    figure = Image.new("RGB", (width, height), WHITE)
+    draw = ImageDraw.Draw(figure)
+    for column, title in enumerate(titles):
+        x = MARGIN + column * (size + GAP) + (size - draw.textlength(title, font=font)) / 2
+        draw.text((x, MARGIN - top), title, INK, font)
+    for row, (title, tiles) in enumerate(rows):
+        y = MARGIN + line_height + GAP + row * (row_height + GAP)
+        draw.text((MARGIN, y - top), title, MUTED, font)
+        for column, tile in enumerate(tiles):
+            shrunk = (
+                tile
+                if tile.size == (size, size)
+                else tile.resize((size, size), Image.Resampling.BOX)
+            )
+            figure.paste(shrunk, (MARGIN + column * (size + GAP), y + line_height + CAPTION_GAP))
+    return figure
+
+
+def before_after(
+    source: tuple[str, bytes], server: tuple[str, str], timeout: float, size: int
+) -> Image.Image:
+    """The figure of --before-after, from two answers of the service for one photo."""
+    before, after = (fetch([source], options, server, timeout)[0] for options in (BEFORE, AFTER))
+    crop = model_crop(source[1], after["crop_box"], 224)
+    rows = before_after_rows(crop, before, after)
+    return compose_before_after(rows, ["the crop the model saw", "heatmap (hot)", "overlay"], size)
+
+
 @contextlib.contextmanager
 def own_server() -> Iterator[tuple[str, str]]:
     """(URL, token) of a TorchServe of this script's own: model_store's archive, production
@@ -245,13 +320,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the SmoothGrad family")
     parser.add_argument(
+        "--before-after",
+        action="store_true",
+        help="one photo's hot heatmap and overlay before and after percentile clipping",
+    )
+    parser.add_argument(
         "--start-server", action="store_true", help="serve with a TorchServe of this script's own"
     )
     add_server_arguments(parser)
     args = parser.parse_args(argv)
     if args.size < 32:
         parser.error("--size must be at least 32")
+    if args.before_after and (args.methods or len(args.images) != 1):
+        parser.error("--before-after takes one image and no --methods")
     return args
+
+
+def main_before_after(args: argparse.Namespace, source: tuple[str, bytes]) -> int:
+    try:
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(own_server()) if args.start_server else None
+            figure = before_after(source, server or server_from_args(args), args.timeout, args.size)
+    except ServiceError as exc:
+        hint = f"\nhint: {SERVER_HINT}" if exc.code == "unreachable" else ""
+        print(f"error: {exc}{hint}", file=sys.stderr)
+        return 1
+    except (RuntimeError, TimeoutError, OSError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    # A 256-colour palette: a third of the RGB file's size (for the README), no visible change.
+    figure.quantize(256, method=Image.Quantize.MEDIANCUT).save(args.out, optimize=True)
+    print(f"wrote {args.out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.before_after:
+        return main_before_after(args, sources[0])
     options = {"colormap": args.colormap, "objective": args.objective, "topk": 1}
     methods = list(METHODS) if args.methods else [None]
     try:

@@ -81,6 +81,8 @@ def run(server: Server, args: argparse.Namespace, image: bytes) -> tuple[Outcome
             outcomes.record(started, None)
         except ServiceError as error:
             outcomes.record(started, error)
+            if error.retry_after:  # a well-behaved client comes back when told to
+                stop.wait(error.retry_after)
 
     def heavy_client() -> None:
         while not stop.is_set():

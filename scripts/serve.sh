@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# Set up and start TorchServe with squeezenet_saliency, in the background; scripts/stop.sh stops it.
+# Set up and start TorchServe in the background; scripts/stop.sh stops it.
+#   scripts/serve.sh [NAME ...]
+# Serves every archive in model_store/ (squeezenet_saliency, and any built with
+# scripts/build_mar.py --arch/--model-file), or the NAMEs given, each registered twice: NAME and
+# NAME_sampled (README, "Cost isolation"), with the batching and workers its archive carries.
 # If the TorchServe this script started is still running, it is stopped and started again (after
 # the setup has rebuilt the archive), so that edits to handler/model-config.yaml take effect.
 # The token keys are written to ./key_file.json, logs to ./logs (both in the repository root).
@@ -36,22 +40,31 @@ if [[ -f "$pid_file" ]]; then
   fi
 fi
 
+# NAME=NAME.mar NAME_sampled=NAME.mar for each archive; on the command line they replace the
+# config's load_models (registering models over HTTP stays off).
+read -r -a models <<<"$(python scripts/torchserve_ctl.py models --store "$ROOT/model_store" "$@")"
+[[ ${#models[@]} -gt 0 ]] || exit 1
+
 # The JVM keeps the output it inherits: send it to a file, not to this terminal or a pipe.
 mkdir -p logs
 torchserve --start --ncs --ts-config "$config" --model-store "$ROOT/model_store" \
-  >logs/console.log 2>&1 || { cat logs/console.log >&2; exit 1; }
-if ! python scripts/torchserve_ctl.py wait --config "$config" --workdir "$ROOT"; then
+  --models "${models[@]}" >logs/console.log 2>&1 || { cat logs/console.log >&2; exit 1; }
+if ! python scripts/torchserve_ctl.py wait --config "$config" --workdir "$ROOT" \
+  --models "${models[@]}"; then
   echo "[serve] TorchServe did not become ready; the end of logs/ts_log.log:" >&2
   tail -n 30 logs/ts_log.log >&2 || true
   exit 1
 fi
 inference="$(sed -nE 's/^inference_address=//p' "$config")"
+first="${models[0]%%=*}"
 echo
-echo "Serving squeezenet_saliency at $inference (token authorization on; keys in $ROOT/key_file.json)."
+echo "Serving ${models[*]%%=*}"
+echo "at $inference (token authorization on; keys in $ROOT/key_file.json);"
+echo "expensive explanations are redirected to ${first}_sampled (README, \"Cost isolation\")."
 cat <<'MSG'
   Try it:  .venv/bin/python scripts/client.py path/to/photo.jpg --out out/
   or:      KEY=$(python3 -c 'import json; print(json.load(open("key_file.json"))["inference"]["key"])')
            curl -H "Authorization: Bearer $KEY" -H "Content-Type: application/octet-stream" \
 MSG
-echo "                --data-binary @photo.jpg $inference/predictions/squeezenet_saliency"
+echo "                --data-binary @photo.jpg $inference/predictions/$first"
 echo "  Stop:    scripts/stop.sh"

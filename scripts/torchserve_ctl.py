@@ -5,6 +5,8 @@ machine-global state (a pid file in $TMPDIR, worker sockets under java.io.tmpdir
 key_file.json in the working directory); a ``Server`` gives each of those its own place.
 
     python scripts/torchserve_ctl.py wait [--workdir .] [--config config.properties] [--timeout 180]
+        [--models NAME=FILE.mar ...]
+    python scripts/torchserve_ctl.py models [--store model_store] [NAME ...]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +60,33 @@ def registered_models(properties: dict[str, str]) -> list[str]:
     entries = [e.strip() for e in properties.get("load_models", "").split(",") if e.strip()]
     names = [entry.split("=", 1)[0] for entry in entries if "=" in entry]
     return names or [MODEL_NAME]
+
+
+def store_models(store: Path, names: list[str] | None = None) -> list[str]:
+    """``NAME=NAME.mar`` registrations of every archive in ``store`` (or of ``names``), each
+    followed by its sampled registration (``NAME_sampled=NAME.mar``, as its model-config.yaml's
+    ``sampled_model`` names it): what ``torchserve --models`` takes.
+
+    Raises
+    ------
+    FileNotFoundError
+        A named archive is not in ``store``, or the store holds none.
+    """
+    archives = [store / f"{name}.mar" for name in names] if names else sorted(store.glob("*.mar"))
+    missing = [path.name for path in archives if not path.is_file()]
+    if missing or not archives:
+        raise FileNotFoundError(f"no {', '.join(missing) or '.mar files'} in {store}")
+    # The default archive first: its registration is the one serve.sh's hints name.
+    archives.sort(key=lambda path: path.stem != MODEL_NAME)
+    entries = []
+    for path in archives:
+        entries.append(f"{path.stem}={path.name}")
+        with zipfile.ZipFile(path) as archive:
+            config = archive.read("model-config.yaml").decode(errors="replace")
+        sampled = re.search(r"(?m)^\s*sampled_model:[ \t]*[\"']?([A-Za-z0-9_-]+)", config)
+        if sampled:
+            entries.append(f"{sampled.group(1)}={path.name}")
+    return entries
 
 
 def with_ports(config_text: str, ports: dict[str, int]) -> str:
@@ -167,6 +197,9 @@ class Server:
     ports: dict[str, int] = field(default_factory=dict)
     extra_config: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    # ``torchserve --models`` registrations (``store_models``), as scripts/serve.sh passes them:
+    # they replace the config's load_models.
+    models_arg: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.workdir = self.workdir.resolve()
@@ -183,6 +216,8 @@ class Server:
         self.config.write_text(text + ("\n" + self.extra_config if self.extra_config else ""))
         self.keys: dict[str, str] = {}
         self.models = registered_models(parse_properties(text + "\n" + self.extra_config))
+        if self.models_arg:
+            self.models = [entry.split("=", 1)[0] for entry in self.models_arg]
 
     def url(self, kind: str) -> str:
         return f"http://127.0.0.1:{self.ports[f'{kind}_address']}"
@@ -223,6 +258,8 @@ class Server:
             "--model-store",
             str(self.model_store),
         ]
+        if self.models_arg:
+            command += ["--models", *self.models_arg]
         # Output to a file, not a pipe: the JVM inherits it and would hold a pipe open forever.
         with start_log.open("w") as log_file:
             started = subprocess.run(
@@ -259,7 +296,7 @@ class Server:
         pid = self.pid
         workers = []
         with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
-            workers = self.worker_pids() if self.keys else []
+            workers = self.worker_pids(None) if self.keys else []
         with contextlib.suppress(subprocess.TimeoutExpired):
             subprocess.run(
                 ["torchserve", "--stop", "--foreground"],
@@ -279,13 +316,29 @@ class Server:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Wait until TorchServe's model is ready.")
-    parser.add_argument("command", choices=["wait"])
+    parser = argparse.ArgumentParser(
+        description="Wait until TorchServe's models are ready, or list a store's registrations."
+    )
+    parser.add_argument("command", choices=["wait", "models"])
+    parser.add_argument("names", nargs="*", help="models: these archives only")
     parser.add_argument("--workdir", type=Path, default=Path.cwd())
     parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
     parser.add_argument("--timeout", type=float, default=180.0)
-    args = parser.parse_args()
+    parser.add_argument("--store", type=Path, default=ROOT / "model_store")
+    parser.add_argument(
+        "--models", nargs="+", help="wait: the registrations torchserve --models was given"
+    )
+    args = parser.parse_intermixed_args()  # names may come after the options
+    if args.command == "models":
+        try:
+            print(" ".join(store_models(args.store, args.names)))
+        except (OSError, KeyError, zipfile.BadZipFile) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     properties = read_properties(args.config)
+    if args.models:  # the command line's registrations replace the config's load_models
+        properties["load_models"] = ",".join(args.models)
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     deadline = time.monotonic() + args.timeout
     for model in registered_models(properties):

@@ -53,18 +53,25 @@ def invalid_option(name: str, detail: str) -> RequestError:
     return RequestError("invalid_option", f"Option {name!r:.60} {detail}.")
 
 
-def unknown_label(label: str) -> RequestError:
+def unknown_label(label: str, num_classes: int = 1000, imagenet: bool = True) -> RequestError:
+    if imagenet:
+        return RequestError(
+            "unknown_label",
+            f"{label!r:.60} is not an ImageNet class name; send an index "
+            "0-999 or one of torchvision's ImageNet category names.",
+        )
     return RequestError(
         "unknown_label",
-        f"{label!r:.60} is not an ImageNet class name; send an index "
-        "0-999 or one of torchvision's ImageNet category names.",
+        f"{label!r:.60} is not a class name of this model; send an index "
+        f"0-{num_classes - 1} or one of its class names.",
     )
 
 
-def ambiguous_label(label: str, indices: list[int]) -> RequestError:
+def ambiguous_label(label: str, indices: list[int], imagenet: bool = True) -> RequestError:
+    classes = "ImageNet classes" if imagenet else "classes of this model"
     return RequestError(
         "ambiguous_label",
-        f"{label!r:.60} names several ImageNet classes {indices}: send the index instead.",
+        f"{label!r:.60} names several {classes} {indices}: send the index instead.",
     )
 
 
@@ -100,6 +107,16 @@ class Redirect(RequestError):
         body = super().to_json()
         body["error"]["location"] = self.location  # for gRPC clients: where to send it
         return body
+
+
+def batch_full(passes: int, budget: int, retry_after: int) -> RequestError:
+    return RequestError(
+        "busy",
+        f"This request ({passes} passes through the network) did not fit in the batch being "
+        f"computed (at most {budget} passes, so that a batch ends within the response timeout)"
+        f"; retry in {retry_after} s.",
+        status=503,
+    )
 
 
 def served_elsewhere(method: str, passes: int, limit: int, model: str) -> Redirect:

@@ -1,9 +1,10 @@
-"""Image decoding and the preprocessing the ImageNet weights expect.
+"""Image decoding and the preprocessing the model's weights expect.
 
 Decoding turns whatever a client sends into an upright 8-bit RGB picture, refusing oversized or
 undecodable data with a ``RequestError`` before any expensive work. Preprocessing is torchvision's
-classic ImageNet recipe: shorter side to 256 (bilinear, antialiased), centre crop 224, scale to
-[0, 1], normalise with the ImageNet mean and standard deviation.
+classification recipe, parameterised by a ``Preprocessing``: shorter side to ``resize``
+(bilinear or bicubic, antialiased), centre crop ``crop``, scale to [0, 1], normalise with ``mean``
+and ``std``. The default is SqueezeNet 1.1's ImageNet recipe: 256, 224, ImageNet's statistics.
 """
 
 from __future__ import annotations
@@ -35,6 +36,57 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO")
 ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF or ICO"
 
 
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """torchvision's ``Resize(resize) + CenterCrop(crop) + Normalize(mean, std)`` for one model.
+
+    ``resize`` is the shorter side after resizing, ``crop`` the side of the square centre crop
+    (at most ``resize``: torchvision would pad a larger crop); ``mean`` and ``std`` one value
+    per RGB channel, in [0, 1] units.
+    """
+
+    resize: int = RESIZE_TO
+    crop: int = CROP_TO
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        # Lists from JSON become tuples: the dataclass stays hashable and compares equal.
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if not 1 <= self.crop <= self.resize:
+            raise ValueError(f"crop must be 1..resize ({self.resize}), got {self.crop}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std need one value per RGB channel (3 each)")
+        if not all(math.isfinite(v) for v in self.mean) or not all(
+            math.isfinite(v) and v > 0 for v in self.std
+        ):
+            raise ValueError("mean must be finite and std finite and positive")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}")
+
+    def to_json(self) -> dict:
+        return {
+            "resize": self.resize,
+            "crop": self.crop,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+        }
+
+    def normalised_black(self) -> torch.Tensor:
+        """A black image in the model's input space: ``(0 - mean) / std`` per channel, (3, 1, 1)."""
+        mean, std = torch.tensor(self.mean), torch.tensor(self.std)
+        return (-mean / std).view(-1, 1, 1)
+
+
+SQUEEZENET_PREPROCESSING = Preprocessing()
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     """What a single image may cost; both limits are checked before any pixel is decoded."""
@@ -47,8 +99,8 @@ class ImageLimits:
 class PreparedImage:
     """One image ready for the model, and what is needed to describe the map afterwards."""
 
-    tensor: torch.Tensor  # (3, 224, 224) float32, normalised
-    crop: Image.Image  # the 224x224 RGB crop the model saw, for overlays
+    tensor: torch.Tensor  # (3, crop, crop) float32, normalised
+    crop: Image.Image  # the crop x crop RGB picture the model saw, for overlays
     crop_box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the oriented original
     size: tuple[int, int]  # width, height of the oriented original
 
@@ -233,9 +285,9 @@ MAX_RESIZED_PIXELS = 4_000_000
 
 @dataclass(frozen=True)
 class CropGeometry:
-    """torchvision's Resize(256) + CenterCrop(224) for one image size."""
+    """torchvision's Resize(resize) + CenterCrop(crop) for one image size."""
 
-    resized: tuple[int, int]  # width, height after Resize(256)
+    resized: tuple[int, int]  # width, height after Resize(resize)
     offset: tuple[int, int]  # left, top of the crop in the resized image
     source_box: tuple[float, float, float, float]  # the crop in original pixels
 
@@ -256,30 +308,34 @@ def _pixel_span(start: float, end: float) -> tuple[int, int]:
     return math.floor(start), max(math.ceil(end), math.floor(start) + 1)
 
 
-def crop_geometry(width: int, height: int) -> CropGeometry:
+def crop_geometry(
+    width: int, height: int, preprocessing: Preprocessing = SQUEEZENET_PREPROCESSING
+) -> CropGeometry:
+    resize, crop = preprocessing.resize, preprocessing.crop
     short, long = sorted((width, height))
-    new_short, new_long = RESIZE_TO, int(RESIZE_TO * long / short)
+    new_short, new_long = resize, int(resize * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    top = round((new_h - CROP_TO) / 2.0)
-    left = round((new_w - CROP_TO) / 2.0)
+    top = round((new_h - crop) / 2.0)
+    left = round((new_w - crop) / 2.0)
     sx, sy = width / new_w, height / new_h
-    box = (left * sx, top * sy, (left + CROP_TO) * sx, (top + CROP_TO) * sy)
+    box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
     return CropGeometry(resized=(new_w, new_h), offset=(left, top), source_box=box)
 
 
-_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-
-
-def preprocess(image: Image.Image) -> PreparedImage:
-    """Resize the shorter side to 256 (bilinear, antialiased), centre-crop 224, normalise."""
-    geometry = crop_geometry(*image.size)
+def preprocess(
+    image: Image.Image, preprocessing: Preprocessing = SQUEEZENET_PREPROCESSING
+) -> PreparedImage:
+    """Resize the shorter side to ``resize`` (antialiased), centre-crop ``crop``, normalise."""
+    geometry = crop_geometry(*image.size, preprocessing)
     (new_w, new_h), (left, top) = geometry.resized, geometry.offset
+    side, resample = preprocessing.crop, INTERPOLATIONS[preprocessing.interpolation]
     if new_w * new_h <= MAX_RESIZED_PIXELS:
-        resized = image.resize((new_w, new_h), Image.BILINEAR)
-        crop = resized.crop((left, top, left + CROP_TO, top + CROP_TO))
+        resized = image.resize((new_w, new_h), resample)
+        crop = resized.crop((left, top, left + side, top + side))
     else:  # same sampling grid, within one 8-bit level
-        crop = image.resize((CROP_TO, CROP_TO), Image.BILINEAR, box=geometry.source_box)
+        crop = image.resize((side, side), resample, box=geometry.source_box)
     pixels = torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1)
-    tensor = (pixels.float().div_(255.0) - _MEAN) / _STD
+    mean = torch.tensor(preprocessing.mean).view(3, 1, 1)
+    std = torch.tensor(preprocessing.std).view(3, 1, 1)
+    tensor = (pixels.float().div_(255.0) - mean) / std
     return PreparedImage(tensor=tensor, crop=crop, crop_box=geometry.crop_box, size=image.size)

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import errors
 from .attribution.objectives import OBJECTIVES
-from .labels import Labels, check_index
+from .labels import Labels
 from .methods import DEFAULT_METHOD, METHODS, method_options, owners_of
 from .values import boolean, bounded_float, bounded_int, choice
 
@@ -211,12 +211,13 @@ def parse_options(raw: Mapping[str, Any], labels: Labels, limits: RequestLimits)
 
 
 def _target(value: Any, labels: Labels) -> int:
+    wrong = f"must be a class index 0-{len(labels) - 1} or a class name"
     if isinstance(value, bool):
-        raise errors.invalid_option("target", "must be a class index 0-999 or a class name")
+        raise errors.invalid_option("target", wrong)
     if isinstance(value, int):
-        return check_index(value)
+        return labels.check_index(value)
     if isinstance(value, float) and value.is_integer():
-        return check_index(int(value))
+        return labels.check_index(int(value))
     if isinstance(value, str) and value.strip():
         return labels.resolve(value)
-    raise errors.invalid_option("target", "must be a class index 0-999 or a class name")
+    raise errors.invalid_option("target", wrong)

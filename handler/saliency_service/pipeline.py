@@ -7,6 +7,7 @@ keeps one bad request from touching its neighbours, and times the stages.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,12 +21,12 @@ from torch import nn
 
 from . import images, rendering
 from .attribution import PREDICTED, vanilla_saliency
-from .errors import Redirect, RequestError
+from .errors import Redirect, RequestError, batch_full
 from .labels import Labels
 from .methods import METHODS, ExplainContext, Explanation, Job, explain
-from .model import CAM_LAYER, load_model
+from .model import CAM_LAYER, ModelSpec, load_model
 from .parsing import Options, RequestLimits, SaliencyRequest, parse_request
-from .routing import Routing
+from .routing import Routing, passes
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,17 @@ class ServiceConfig:
     max_gradient_batch: int = 32
     cam_layer: str | None = CAM_LAYER  # the submodule Grad-CAM explains
     routing: Routing = field(default_factory=Routing)  # off unless a sampled model is named
+    # Images through the network per batch: a batch of 8 requests of 256 path points would
+    # take minutes on CPU and outlast TorchServe's responseTimeout (the worker is then killed).
+    # The budget is the lesser of max_batch_passes and what the measured speed computes in
+    # max_batch_seconds (a busy CPU shrinks it); requests beyond it are refused with 503 and
+    # Retry-After. One request always fits.
+    max_batch_passes: int = 260
+    max_batch_seconds: float = 15.0
+    # The model's input recipe and why it has no Grad-CAM layer: from the archive's model.json
+    # (model.ModelSpec), not from the handler block.
+    preprocessing: images.Preprocessing = field(default_factory=images.Preprocessing)
+    cam_missing: str = "this model has none set"
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ServiceConfig:
@@ -51,14 +63,22 @@ class ServiceConfig:
         max_samples = int(values.get("max_samples", RequestLimits.max_samples))
         max_steps = int(values.get("max_steps", RequestLimits.max_steps))
         max_gradient_batch = int(values.get("max_gradient_batch", cls.max_gradient_batch))
-        if min(max_samples, max_steps, max_gradient_batch) < 1:
-            raise ValueError("max_samples, max_steps and max_gradient_batch must be >= 1")
+        max_batch_passes = int(values.get("max_batch_passes", cls.max_batch_passes))
+        max_batch_seconds = float(values.get("max_batch_seconds", cls.max_batch_seconds))
+        limits = (max_samples, max_steps, max_gradient_batch, max_batch_passes, max_batch_seconds)
+        if min(limits) <= 0:
+            raise ValueError(
+                "max_samples, max_steps, max_gradient_batch, max_batch_passes and "
+                "max_batch_seconds must be positive"
+            )
         return cls(
             images.ImageLimits(max_bytes, max_pixels),
             RequestLimits(max_bytes, max_topk, max_samples, max_steps),
             max_gradient_batch,
             values.get("cam_layer", cls.cam_layer),
             Routing.from_mapping(values),
+            max_batch_passes,
+            max_batch_seconds,
         )
 
 
@@ -136,12 +156,14 @@ class SaliencyService:
         # Named as TorchServe registered it; only a named service redirects (routing.py).
         self.redirects = self.config.routing.redirects(model_name)
         self.last_report = BatchReport()
+        self.seconds_per_pass: float | None = None  # measured, for the batch budget
         layer_name = self.config.cam_layer
         self.context = ExplainContext(
             chunk_size=self.config.max_gradient_batch,
-            black=_normalised_black().to(self.device, self.dtype),
+            black=self.config.preprocessing.normalised_black().to(self.device, self.dtype),
             cam_layer=self.model.get_submodule(layer_name) if layer_name else None,
             cam_layer_name=layer_name,
+            cam_missing=self.config.cam_missing,
         )
 
     @classmethod
@@ -152,14 +174,29 @@ class SaliencyService:
         device: torch.device | str = "cpu",
         config: ServiceConfig | None = None,
         model_name: str | None = None,
+        spec: ModelSpec | None = None,
     ) -> SaliencyService:
-        return cls(load_model(weights), Labels.from_json(labels), device, config, model_name)
+        """The model of an archive: ``weights`` is its serialized file, ``spec`` its model.json
+        (None: SqueezeNet 1.1 on ImageNet)."""
+        spec = spec or ModelSpec()
+        config = replace(config or ServiceConfig(), preprocessing=spec.preprocessing)
+        if not spec.hookable:  # no module hooks, no Grad-CAM layer (model.py)
+            kind = "TorchScript" if spec.format == "torchscript" else "torch.export"
+            missing = f"a {kind} model exposes no layer output to it (module hooks do not run)"
+            config = replace(config, cam_layer=None, cam_missing=missing)
+        elif not config.cam_layer:
+            missing = f"this model ({spec.arch}) has none before global pooling"
+            config = replace(config, cam_missing=missing)
+        model = load_model(weights, spec=spec)
+        return cls(model, Labels.from_json(labels, spec.num_classes), device, config, model_name)
 
     def warm_up(self) -> None:
         """One saliency pass on a blank image, so the first client does not pay for lazy setup."""
-        blank = images.Image.new("RGB", (images.CROP_TO, images.CROP_TO), (128, 128, 128))
+        preprocessing = self.config.preprocessing
+        blank = images.Image.new("RGB", (preprocessing.crop, preprocessing.crop), (128, 128, 128))
+        tensor = images.preprocess(blank, preprocessing).tensor
         with torch.inference_mode():
-            vanilla_saliency(self.model, self.model_input([images.preprocess(blank).tensor]))
+            vanilla_saliency(self.model, self.model_input([tensor]))
 
     def handle_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[Answer]:
         """Answer every row; a bad row gets its 4xx and the others are computed as if alone."""
@@ -179,18 +216,44 @@ class SaliencyService:
                     except Exception:  # a bug costs this request alone, and is logged
                         log.exception("request %d of %d: unexpected error", index, len(rows))
                         answers[index] = _internal_error()
-            if items:
+            budget = self.batch_budget()
+            admitted, deferred = _within_budget(items, budget)
+            if admitted:
                 try:
-                    for item, answer in zip(items, self._answer(items, report), strict=True):
+                    for item, answer in zip(admitted, self._answer(admitted, report), strict=True):
                         answers[item.index] = answer
                 except Exception:
-                    log.exception("batch of %d images failed", len(items))
-                    for item in items:
+                    log.exception("batch of %d images failed", len(admitted))
+                    for item in admitted:
                         answers[item.index] = _internal_error()
+            self._measure(report.seconds["forward_backward"], admitted)
+            # Come back after about one such batch: the time this one took.
+            retry_after = max(1, math.ceil(report.seconds["forward_backward"]))
+            for item in deferred:
+                error = batch_full(passes(item.options), budget, retry_after)
+                headers = {"Retry-After": str(retry_after)}
+                answers[item.index] = Answer(error.status, error.to_json(), headers)
             final = [answer or _internal_error() for answer in answers]
             report.error_codes = [a.body["error"]["code"] for a in final if a.status >= 400]
             self.last_report = report
             return final
+
+    def batch_budget(self) -> int:
+        """Passes the next batch may take: what the measured speed computes in
+        ``max_batch_seconds``, at most ``max_batch_passes``, at least one."""
+        config = self.config
+        if not self.seconds_per_pass:
+            return config.max_batch_passes
+        fits = int(config.max_batch_seconds / self.seconds_per_pass)
+        return max(1, min(config.max_batch_passes, fits))
+
+    def _measure(self, seconds: float, admitted: list[_Item]) -> None:
+        """Seconds per pass, smoothed over batches (half the weight to the newest)."""
+        done = sum(passes(item.options) for item in admitted)
+        if done and seconds > 0:
+            latest = seconds / done
+            previous = self.seconds_per_pass
+            self.seconds_per_pass = latest if previous is None else (previous + latest) / 2
 
     def _prepare(self, index: int, row: Mapping[str, Any]) -> _Item:
         request: SaliencyRequest = parse_request(row, self.labels, self.config.request_limits)
@@ -202,7 +265,7 @@ class SaliencyService:
         if self.redirects:  # before decoding: a redirected image costs nothing here
             self.config.routing.check(options)
         image = images.decode(request.image, self.config.image_limits)
-        return _Item(index, options, images.preprocess(image))
+        return _Item(index, options, images.preprocess(image, self.config.preprocessing))
 
     def _answer(self, items: list[_Item], report: BatchReport) -> list[Answer]:
         with report.timed("forward_backward"):
@@ -253,7 +316,9 @@ class SaliencyService:
                 targets[n] = int(row.argmax())
         logits = torch.stack(rows)  # type: ignore[arg-type]  # every item has its row now
         probabilities = torch.softmax(logits.float(), dim=1)
-        top_p, top_i = probabilities.topk(max(item.options.topk for item in items), dim=1)
+        # A model of fewer classes than the request's topk lists them all.
+        wanted = min(max(item.options.topk for item in items), probabilities.shape[1])
+        top_p, top_i = probabilities.topk(wanted, dim=1)
         index = torch.tensor(targets, device=self.device)
         scores = logits.gather(1, index[:, None]).squeeze(1)
         return _Outputs(
@@ -337,10 +402,16 @@ def _pictures(
     return pictures
 
 
-def _normalised_black() -> torch.Tensor:
-    """A black image in the model's input space: ``(0 - mean) / std`` per channel, (C, 1, 1)."""
-    mean, std = torch.tensor(images.IMAGENET_MEAN), torch.tensor(images.IMAGENET_STD)
-    return (-mean / std).view(-1, 1, 1)
+def _within_budget(items: list[_Item], budget: int) -> tuple[list[_Item], list[_Item]]:
+    """(admitted, deferred): the batch's requests in arrival order while their passes fit in
+    ``budget``, the first always; from the first that does not fit on, the rest wait (first come,
+    first served: a large request is not overtaken by smaller ones behind it)."""
+    total = 0
+    for n, item in enumerate(items):
+        total += passes(item.options)
+        if n and total > budget:
+            return items[:n], items[n:]
+    return items, []
 
 
 def _internal_error() -> Answer:

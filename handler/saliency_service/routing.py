@@ -55,11 +55,14 @@ class Routing:
 
     def check(self, options: Options) -> None:
         """Raise ``Redirect`` if the request costs more than this model answers."""
-        if not options.saliency:
-            return
-        passes = METHODS[options.method].passes(options.settings)
-        if passes > self.max_passes:
-            raise served_elsewhere(options.method, passes, self.max_passes, self.sampled_model)
+        cost = passes(options)
+        if cost > self.max_passes:
+            raise served_elsewhere(options.method, cost, self.max_passes, self.sampled_model)
+
+
+def passes(options: Options) -> int:
+    """Images a request sends through the network: one forward without a map."""
+    return METHODS[options.method].passes(options.settings) if options.saliency else 1
 
 
 def lower_priority(increment: int) -> None:

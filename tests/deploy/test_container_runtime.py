@@ -157,7 +157,7 @@ def test_entrypoint_serves_with_overrides_probes_and_stops_on_sigterm(tmp_path: 
             what="the handler's metrics",
         )
         assert not list(home.rglob("*.log")), list(home.rglob("*"))
-        assert "squeezenet saliency ready" in output.read_text()
+        assert "squeezenet_saliency ready on" in output.read_text()
 
         # SIGTERM: a clean stop of the JVM and the worker, exit status 0.
         process.send_signal(signal.SIGTERM)

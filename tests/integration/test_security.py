@@ -154,7 +154,7 @@ def test_key_file_is_private(server) -> None:
 # --- expiry and rotation -----------------------------------------------------------------------
 
 
-def _front_end_up(workdir: Path, management_url: str, pid_file: Path, timeout: float, **_) -> None:
+def _front_end_up(workdir: Path, management_url: str, pid_file: Path, timeout: float, *_) -> None:
     """Stands in for wait_ready: the keys expire before a worker is ready, and no worker is
     needed to check tokens (the front end checks them before any model is involved)."""
     wait_for(lambda: (workdir / "key_file.json").is_file(), timeout)

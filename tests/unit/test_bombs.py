@@ -82,7 +82,7 @@ def test_no_bomb_raises_the_peak_memory_of_a_fresh_interpreter() -> None:
     """Decoding one of these pictures would take 0.3-4 GB (the ICO bomb took 2.2 GB before the
     nested check); refusing them all must not move the peak resident set by more than a few MB."""
     root = Path(__file__).resolve().parents[2]
-    environment = {"PYTHONPATH": f"{root / 'handler'}:{root / 'tests'}", "PATH": ""}
+    environment = {"PYTHONPATH": f"{root / 'handler'}:{root / 'scripts'}", "PATH": ""}
     result = subprocess.run(
         [sys.executable, "-c", PEAK_SCRIPT],
         capture_output=True,

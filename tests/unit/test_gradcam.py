@@ -20,6 +20,11 @@ Tolerances (each checked to still catch planted errors in ``test_*_discriminates
   layer, another target, the negated loss, the score's map for the loss's, a missing ReLU,
   and corner-aligned or nearest-neighbour upsampling (differences 0.35 to 1).
 
+Two computations are under test: the class score's layer gradient in closed form (``heads``: no
+backward pass; every ``"score"`` comparison here) and the loss's by autograd from the logits to
+the layer (every ``"loss"`` one). The closed form is also compared with autograd's gradient
+directly, where both multiply the same float64 weights by the same mask and 1/(h w): RTOL again.
+
 The model has random weights (no download): its logits are close to each other, it predicts the
 same class for most images, and the loss's Grad-CAM of the predicted class is all zero (the
 target's own map outweighs the softmax average of the others). The explicit targets are therefore
@@ -43,7 +48,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torchvision import transforms
 
-from saliency_service.attribution import PREDICTED, gradcam, pass_gradients
+from saliency_service.attribution import PREDICTED, cam_from_gradients, gradcam, pass_gradients
+from saliency_service.attribution.heads import PooledClassMaps
+from saliency_service.attribution.passes import batch_pass
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 STANDARD = transforms.Compose(
@@ -361,3 +368,121 @@ def test_inference_tensors_and_no_weight_gradients(exact_model, exact_batch, tar
     for i in range(2):
         assert_coarse_close(inside.maps[i], reference.maps[i])
         assert_coarse_close(unfrozen.maps[i], reference.maps[i])
+
+
+# --- The class score's gradient in closed form, and batches that mix what rows need -------------
+
+
+def test_the_closed_form_head_is_found_only_where_it_holds(exact_model) -> None:
+    head = PooledClassMaps.after(exact_model, layer(exact_model))
+    assert head is not None
+    assert head.conv is exact_model.classifier[1] and head.relu is exact_model.classifier[2]
+    assert PooledClassMaps.after(exact_model, layer(exact_model, 10)) is None  # not the last
+    assert PooledClassMaps.after(exact_model, None) is None
+    training = copy.deepcopy(exact_model).train()  # dropout is not the identity
+    assert PooledClassMaps.after(training, layer(training)) is None
+    training.eval().classifier.train()  # nor where only the head trains
+    assert PooledClassMaps.after(training, layer(training)) is None
+    other = copy.deepcopy(exact_model)
+    other.classifier[3] = nn.AdaptiveAvgPool2d((2, 2))
+    assert PooledClassMaps.after(other, layer(other)) is None
+    other = copy.deepcopy(exact_model)
+    other.classifier[2] = nn.Sigmoid()
+    assert PooledClassMaps.after(other, layer(other)) is None
+
+
+def test_closed_form_gradient_equals_autograd(exact_model, exact_batch, targets, runner_up) -> None:
+    """d S_y / d A for two targets per image, against autograd's through the whole head."""
+    head = PooledClassMaps.after(exact_model, layer(exact_model))
+    assert head is not None
+    maps: list[torch.Tensor] = []
+    hook = head.relu.register_forward_hook(lambda _m, _a, out: maps.append(out.detach()))
+    try:
+        with torch.no_grad():
+            exact_model(exact_batch)
+    finally:
+        hook.remove()
+    for chosen in (targets, runner_up):
+        _, expected = layer_terms(exact_model, exact_batch, score_of(chosen))
+        actual = head.score_gradients(maps[0], chosen)
+        scale = float(expected.abs().max())
+        assert scale > 0
+        torch.testing.assert_close(actual, expected, rtol=RTOL, atol=RTOL * scale)
+    with pytest.raises(AssertionError):  # another target's gradient is told apart
+        torch.testing.assert_close(
+            head.score_gradients(maps[0], targets), expected, rtol=RTOL, atol=RTOL * scale
+        )
+
+
+def test_the_score_takes_no_backward_pass_and_the_loss_one_through_the_head(
+    exact_model, exact_batch, targets
+) -> None:
+    """The head's class maps join an autograd graph for the loss only."""
+    recorded: list[bool] = []
+    head = exact_model.classifier[1]
+    hook = head.register_forward_hook(lambda _m, _a, out: recorded.append(out.requires_grad))
+    try:
+        gradcam(exact_model, layer(exact_model), exact_batch[:2], targets[:2], "score")
+        gradcam(exact_model, layer(exact_model), exact_batch[:2], targets[:2], "loss")
+    finally:
+        hook.remove()
+    assert recorded == [False, True]
+
+
+def test_a_batch_mixing_what_rows_need_gives_each_row_its_own_gradients(
+    exact_model, exact_batch, targets
+) -> None:
+    """Vanilla rows, Grad-CAM rows of the score and of the loss, and copies of one image among
+    them (one of them reusing another group's forward pass), against each row alone."""
+    images = exact_batch[[0, 0, 0, 1, 1, 2, 3, 3]]
+    wants_input = [True, False, False, False, False, False, True, False]
+    objectives = ["score", "score", "score", "loss", "score", "score", "loss", "score"]
+    chosen = targets[[0, 0, 0, 1, 1, 2, 3, 3]]
+    requested = torch.tensor([PREDICTED, PREDICTED, *chosen[2:].tolist()])
+    cam_layer = layer(exact_model)
+    passes: list[int] = []
+    hook = exact_model.register_forward_pre_hook(lambda _m, args: passes.append(len(args[0])))
+    try:
+        passed, resolved = batch_pass(
+            exact_model,
+            images,
+            objectives,
+            requested,
+            wants_input,
+            [not w for w in wants_input],
+            cam_layer,
+        )
+    finally:
+        hook.remove()
+    # The input's pass (rows 0, 6); the loss's to the layer (row 3); one forward of image 2
+    # (row 5). Rows 1, 2 take row 0's forward pass, row 4 row 3's, row 7 row 6's.
+    assert passes == [2, 1, 1]
+    assert passed.inputs is not None and passed.activations is not None
+    assert passed.layer is not None
+    for n in range(len(images)):
+        one = slice(n, n + 1)
+        alone, _ = batch_pass(
+            exact_model,
+            images[one],
+            objectives[n : n + 1],
+            requested[one],
+            wants_input[n : n + 1],
+            [not wants_input[n]],
+            cam_layer,
+        )
+        assert int(resolved[n]) == int(alone.logits[0].argmax() if requested[n] < 0 else chosen[n])
+        torch.testing.assert_close(passed.logits[n], alone.logits[0], rtol=RTOL, atol=RTOL)
+        if wants_input[n]:
+            assert alone.inputs is not None
+            scale = float(alone.inputs.abs().max())
+            torch.testing.assert_close(
+                passed.inputs[n], alone.inputs[0], rtol=RTOL, atol=RTOL * scale
+            )
+        else:
+            assert alone.activations is not None and alone.layer is not None
+            assert_coarse_close(
+                cam_from_gradients(passed.activations[n : n + 1], passed.layer[n : n + 1])[0],
+                cam_from_gradients(alone.activations, alone.layer)[0],
+            )
+    # The copies explain their own targets, not their source's.
+    assert int(resolved[2]) == int(chosen[2]) != int(resolved[0])

@@ -141,6 +141,34 @@ def test_a_batch_mixing_every_method_answers_each_request_as_if_alone(
         assert difference.max() <= 1 and (difference > 0).mean() < 0.001
 
 
+def test_vanilla_and_gradcam_of_the_same_photos_answer_as_if_alone(
+    service, chelsea_png, coffee_png
+) -> None:
+    """Grad-CAM rows that take another row's forward pass (attribution.passes) get their own
+    target's map, the one they get alone; so do the rows they take it from."""
+    rows = [
+        row(chelsea_png, method="vanilla"),
+        row(chelsea_png, method="gradcam"),
+        row(chelsea_png, method="gradcam", target=281),
+        row(coffee_png, method="gradcam", objective="loss"),
+        row(coffee_png, method="gradcam"),
+        row(coffee_png, method="gradcam"),
+    ]
+    together = service.handle_batch(rows)
+    for batch_row, answer in zip(rows, together, strict=True):
+        (alone,) = service.handle_batch([batch_row])
+        assert answer.status == alone.status == 200, answer.body
+        assert answer.body["target"]["index"] == alone.body["target"]["index"]
+        score = alone.body["target"]["score"]
+        assert answer.body["target"]["score"] == pytest.approx(score, rel=1e-9)
+        mine, theirs = answer.body["saliency"], alone.body["saliency"]
+        assert mine["max"] == pytest.approx(theirs["max"], rel=1e-9)
+        difference = np.abs(decoded(answer.body) - decoded(alone.body))
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.001
+    assert together[2].body["target"]["index"] == 281 != together[1].body["target"]["index"]
+    assert decoded(together[4].body).tolist() == decoded(together[5].body).tolist()
+
+
 def test_each_method_reports_what_it_computed(service, coffee_png) -> None:
     answers = {}
     for name in ALL:
@@ -163,7 +191,7 @@ def count_passes(model: torch.nn.Module) -> tuple[list[int], object]:
     return batches, hook
 
 
-def test_vanilla_and_gradcam_share_one_pass_and_sampled_methods_share_chunks(
+def test_single_pass_methods_pass_by_need_and_sampled_methods_share_chunks(
     model, labels, chelsea_png, coffee_png
 ) -> None:
     service = SaliencyService(
@@ -182,9 +210,11 @@ def test_vanilla_and_gradcam_share_one_pass_and_sampled_methods_share_chunks(
         )
     finally:
         hook.remove()
-    # One pass of the 3 single-pass requests; one clean pass of the 2 sampled ones, then their
-    # 3 + 2 derived images in chunks of 4; one forward of Integrated Gradients' baseline.
-    assert batches == [3, 2, 4, 1, 1]
+    # Vanilla's pass to the input; Grad-CAM of the loss, differentiated down to its layer, whose
+    # forward pass also serves Grad-CAM of the score on the same photo (attribution.passes);
+    # one clean pass of the 2 sampled requests, then their 3 + 2 derived images in chunks of 4;
+    # one forward of Integrated Gradients' baseline.
+    assert batches == [1, 1, 2, 4, 1, 1]
 
 
 def test_gradcam_alone_does_not_differentiate_the_input(model, labels, chelsea_png) -> None:

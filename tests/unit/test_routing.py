@@ -146,3 +146,42 @@ def test_lower_priority_reaches_every_thread() -> None:
         env=environment,
     )
     assert done.stdout.strip() == str([min(niceness + 3, 19)])
+
+
+def test_a_batch_holds_at_most_max_batch_passes(model, labels, chelsea_png) -> None:
+    """Requests in arrival order while their passes fit; the first always; after the first that
+    does not fit, the rest get 503 with Retry-After (first come, first served)."""
+    budgeted = service(model, labels, None, max_batch_passes=10)
+    alone = service(model, labels, None)
+    rows = [
+        row(chelsea_png, method="smoothgrad", samples=5, seed=1),  # 6 passes
+        row(chelsea_png),  # 1: 7 in all
+        row(chelsea_png, method="integrated_gradients", steps=2),  # 4: 11 > 10, deferred
+        row(chelsea_png),  # would fit, but waits behind the deferred one
+    ]
+    answers = budgeted.handle_batch(rows)
+    assert [a.status for a in answers] == [200, 200, 503, 503]
+    for answer in answers[2:]:
+        assert answer.body["error"]["code"] == "busy"
+        assert int(answer.headers["Retry-After"]) >= 1
+    assert budgeted.last_report.error_codes == ["busy", "busy"]
+    expected = alone.handle_batch(rows[:2])
+    for answer, wanted in zip(answers[:2], expected, strict=True):
+        assert {**answer.body, "serving": None} == {**wanted.body, "serving": None}
+    # One request always fits, however large.
+    (large,) = budgeted.handle_batch([row(chelsea_png, method="vargrad", samples=20, seed=2)])
+    assert large.status == 200
+
+
+def test_the_budget_follows_the_measured_speed(model, labels, chelsea_png) -> None:
+    """A slower CPU (more seconds per pass) shrinks the batch, so it still ends in time."""
+    budgeted = service(model, labels, None, max_batch_passes=100, max_batch_seconds=9)
+    assert budgeted.batch_budget() == 100  # nothing measured yet
+    (answer,) = budgeted.handle_batch([row(chelsea_png)])
+    assert answer.status == 200 and budgeted.seconds_per_pass > 0
+    budgeted.seconds_per_pass = 2.0  # as if the last batches had run at 2 s per image
+    assert budgeted.batch_budget() == 4
+    rows = [row(chelsea_png, method="smoothgrad", samples=2, seed=3), row(chelsea_png)] * 2
+    assert [a.status for a in budgeted.handle_batch(rows)] == [200, 200, 503, 503]
+    budgeted.seconds_per_pass = 1000.0
+    assert budgeted.batch_budget() == 1  # never less than one request

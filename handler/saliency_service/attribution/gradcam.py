@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gradients import pass_gradients
-from .objectives import BatchObjective
+from .passes import batch_pass
 from .result import SaliencyResult
 
 
@@ -46,7 +45,10 @@ def gradcam(
     targets: torch.Tensor | None = None,
     objectives: str | Sequence[str] = "score",
 ) -> tuple[SaliencyResult, torch.Tensor]:
-    """Grad-CAM maps of a batch in one forward and one (short) backward pass.
+    """Grad-CAM maps of a batch: one forward pass, and a backward pass through the head only.
+
+    The class score of SqueezeNet's head needs no backward pass at all (``heads``); the loss,
+    or another model, takes one from the logits back to the layer (``passes``).
 
     Parameters
     ----------
@@ -67,9 +69,14 @@ def gradcam(
     result, coarse
         ``result.maps`` of shape ``(N, H, W)``, and the coarse maps ``(N, h, w)``.
     """
-    objective = BatchObjective(objectives, targets, inputs.shape[0])
-    passed = pass_gradients(model, inputs, objective, layer=layer, wrt_inputs=False)
+    count = inputs.shape[0]
+    names = [objectives] * count if isinstance(objectives, str) else list(objectives)
+    if len(names) != count:
+        raise ValueError(f"{len(names)} objectives for a batch of {count}")
+    passed, resolved = batch_pass(
+        model, inputs, names, targets, [False] * count, [True] * count, layer
+    )
     assert passed.activations is not None and passed.layer is not None
     coarse = cam_from_gradients(passed.activations, passed.layer)
     maps = upsample(coarse, tuple(inputs.shape[2:]))
-    return SaliencyResult(maps, passed.logits, objective.targets), coarse
+    return SaliencyResult(maps, passed.logits, resolved), coarse

@@ -6,7 +6,7 @@ bring autograd back: every pass here leaves inference mode first.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +21,7 @@ class PassGradients:
     inputs: torch.Tensor | None  # d objective / d inputs, (N, C, H, W); None if not asked for
     activations: torch.Tensor | None  # the layer's output, (N, C', H', W'); None without a layer
     layer: torch.Tensor | None  # d objective / d activations; None without a layer
+    kept: tuple[torch.Tensor, ...] = ()  # outputs of the modules ``keep`` named, detached
 
 
 def input_gradients(
@@ -57,13 +58,15 @@ def pass_gradients(
     objective: Callable[[torch.Tensor], torch.Tensor],
     layer: nn.Module | None = None,
     wrt_inputs: bool = True,
+    keep: Sequence[nn.Module] = (),
 ) -> PassGradients:
     """One forward and one backward pass giving the input and/or a layer's gradients.
 
     With ``layer``, its output is recorded by a forward hook and differentiated too: one
     backward pass serves maps from the input gradient (vanilla) and from the layer (Grad-CAM).
     With ``wrt_inputs=False`` the layer's output becomes a leaf: no graph is recorded before it
-    and the backward pass stops there, which is much cheaper.
+    and the backward pass stops there, which is much cheaper. The outputs of the modules in
+    ``keep`` (each run once) come back too, for what else needs this forward pass.
     """
     if layer is None and not wrt_inputs:
         raise ValueError("nothing to differentiate: give a layer or wrt_inputs=True")
@@ -78,6 +81,8 @@ def pass_gradients(
         return output
 
     hook = layer.register_forward_hook(record) if layer is not None else None
+    kept: dict[nn.Module, list[torch.Tensor]] = {module: [] for module in keep}
+    keepers = [m.register_forward_hook(lambda m, _a, out: kept[m].append(out)) for m in kept]
     try:
         with torch.inference_mode(False), torch.enable_grad():
             # An inference tensor cannot enter autograd: a clone made outside inference mode can.
@@ -86,12 +91,16 @@ def pass_gradients(
             logits = model(x)
             if layer is not None and len(recorded) != 1:
                 raise RuntimeError(f"the explained layer ran {len(recorded)} times, not once")
+            if any(len(outputs) != 1 for outputs in kept.values()):
+                raise RuntimeError("a module to keep did not run exactly once")
             wanted = ([x] if wrt_inputs else []) + recorded
             gradients = torch.autograd.grad(objective(logits).sum(), wanted)
     finally:
-        if hook is not None:
-            hook.remove()
+        for handle in [hook, *keepers]:
+            if handle is not None:
+                handle.remove()
     input_gradient = gradients[0] if wrt_inputs else None
     layer_gradient = gradients[-1] if layer is not None else None
     activations = recorded[0].detach() if layer is not None else None
-    return PassGradients(logits.detach(), input_gradient, activations, layer_gradient)
+    outputs = tuple(kept[module][0].detach() for module in keep)
+    return PassGradients(logits.detach(), input_gradient, activations, layer_gradient, outputs)

@@ -4,9 +4,11 @@ A ``Method`` owns its name, its options (defaults, ranges, messages), how its re
 forward/backward passes (its engine) and the fields it adds to ``saliency`` in the answer.
 Two engines:
 
-- ``SinglePassMethod``: a map from one forward and one backward pass of the batch. Every such
-  request of a batch (vanilla, Grad-CAM) shares one pass: one backward gives the input gradient
-  and the Grad-CAM layer's gradient alike.
+- ``SinglePassMethod``: a map from one forward (and at most one backward) pass of its image.
+  The batch's such requests are grouped by what they differentiate (``attribution.passes``):
+  those that want the input gradient (vanilla) share one forward and one backward pass, which
+  also gives the Grad-CAM layer's gradient where one of them wants it; Grad-CAM of the class
+  score shares one forward pass without autograd, or takes the pass of the same image.
 - ``SampledMethod``: a map from the gradients of many derived inputs (noisy copies, path
   points). The derived inputs of every such request of a batch share chunked passes of at most
   ``chunk_size`` images (``attribution.sampled``).
@@ -37,6 +39,7 @@ class ExplainContext:
     black: torch.Tensor  # (C, 1, 1): a black image in the model's normalised input space
     cam_layer: nn.Module | None = None
     cam_layer_name: str | None = None
+    cam_missing: str = "this model has none set"  # why there is no cam_layer, for the refusal
 
 
 @dataclass(frozen=True)

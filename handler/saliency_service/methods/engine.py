@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..attribution.gradients import pass_gradients
-from ..attribution.objectives import BatchObjective, resolve_targets
+from ..attribution.objectives import resolve_targets
+from ..attribution.passes import batch_pass
 from ..attribution.sampled import run_samplers
 from .base import ExplainContext, Explanation, Job, Method, SampledMethod, SinglePassMethod
 
@@ -43,23 +43,21 @@ def _requested(jobs: Sequence[Job], device: torch.device) -> torch.Tensor:
 def _single_pass(
     model: nn.Module, jobs: Sequence[Job], context: ExplainContext
 ) -> list[Explanation]:
-    """Every job in one forward and one backward pass; the input gradient only if a method
-    wants it (Grad-CAM alone stops the backward pass at its layer)."""
+    """Every job's gradients from as few and as cheap passes as their methods allow: vanilla's
+    backward pass to the input serves Grad-CAM's layer too, and Grad-CAM of the class score
+    needs only a forward pass (``attribution.passes``)."""
     inputs = torch.stack([job.inputs for job in jobs])
     inputs = inputs.contiguous(memory_format=torch.channels_last)
-    methods = {job.method for job in jobs}
-    objective = BatchObjective(
-        [j.objective for j in jobs], _requested(jobs, inputs.device), len(jobs)
-    )
-    wants_layer = any(m.wants_layer for m in methods)  # type: ignore[attr-defined]
-    passed = pass_gradients(
+    methods = [job.method for job in jobs]
+    passed, targets = batch_pass(
         model,
         inputs,
-        objective,
-        layer=context.cam_layer if wants_layer else None,
-        wrt_inputs=any(m.wants_input_gradient for m in methods),  # type: ignore[attr-defined]
+        [job.objective for job in jobs],
+        _requested(jobs, inputs.device),
+        [m.wants_input_gradient for m in methods],  # type: ignore[attr-defined]
+        [m.wants_layer for m in methods],  # type: ignore[attr-defined]
+        context.cam_layer,
     )
-    assert objective.targets is not None
     size = (inputs.shape[2], inputs.shape[3])
     answers: list[Explanation | None] = [None] * len(jobs)
     for method, rows in _by_method(jobs).items():
@@ -67,9 +65,7 @@ def _single_pass(
         for row, (saliency, extra) in zip(
             rows, method.maps(passed, rows, size, context), strict=True
         ):
-            answers[row] = Explanation(
-                saliency, passed.logits[row], int(objective.targets[row]), extra
-            )
+            answers[row] = Explanation(saliency, passed.logits[row], int(targets[row]), extra)
     return [answer for answer in answers if answer is not None]
 
 

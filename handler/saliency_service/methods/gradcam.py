@@ -25,7 +25,9 @@ class GradCam(SinglePassMethod):
     def check(self, context: ExplainContext) -> None:
         if context.cam_layer is None:
             raise errors.invalid_option(
-                "method", "gradcam needs a convolutional layer, and this model has none set"
+                "method",
+                f"gradcam needs a convolutional layer, and {context.cam_missing}; the other "
+                "methods work",
             )
 
     def maps(

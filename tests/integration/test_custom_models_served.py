@@ -1,0 +1,192 @@
+"""Your own classifiers through a real TorchServe: a ResNet-18 (torchvision, random weights, five
+classes) and a custom 10-class CNN as TorchScript and as a torch.export program, archived by
+scripts/build_mar.py and served together, each as NAME and NAME_sampled, in one TorchServe.
+
+Each answers with its own labels, and its classes and vanilla maps equal an independent per-image
+computation (torchvision's transforms with the archive's sizes and statistics, ``.backward()``,
+float64). One server for all three keeps the suite's time down; other architectures are tested
+in process (tests/unit/test_custom_models.py).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import build_mar
+import pytest
+import reference
+import requests
+import torch
+import torchvision
+from custom_models import (
+    TINY_CROP,
+    TINY_LABELS,
+    TINY_MEAN,
+    TINY_RESIZE,
+    TINY_STD,
+    reference_map,
+    save_exported,
+    save_torchscript,
+    tiny_net,
+    torchvision_state,
+    write_labels,
+)
+from photos import packaged_photos
+from torchserve_ctl import Server, store_models
+
+RESNET_LABELS = ["apple", "banana", "cherry", "date", "elderberry"]
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+PHOTOS = packaged_photos()
+# name -> (independent model, resize, crop, mean, std, labels)
+MODELS = {
+    "fruit": ("resnet18", 256, 224, *IMAGENET, RESNET_LABELS),
+    "tiny_script": ("tiny", TINY_RESIZE, TINY_CROP, TINY_MEAN, TINY_STD, TINY_LABELS),
+    "tiny_export": ("tiny", TINY_RESIZE, TINY_CROP, TINY_MEAN, TINY_STD, TINY_LABELS),
+}
+
+
+def build(argv: list[str]) -> None:
+    assert build_mar.main(argv) == 0
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("inputs")
+
+
+@pytest.fixture(scope="module")
+def store(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("custom_store")
+    torchvision_state("resnet18", len(RESNET_LABELS), inputs / "fruit.pth")
+    fruit_labels = write_labels(RESNET_LABELS, inputs / "fruit.json", index_to_name=True)
+    tiny_labels = write_labels(TINY_LABELS, inputs / "tiny.json")
+    out = ["--export-path", str(store)]
+    fruit = ["--arch", "resnet18", "--weights", str(inputs / "fruit.pth"), "--name", "fruit"]
+    build([*fruit, "--labels", str(fruit_labels), "--batch-size", "4", *out])
+    recipe = ["--resize", str(TINY_RESIZE), "--crop", str(TINY_CROP), "--labels", str(tiny_labels)]
+    recipe += ["--mean", *map(str, TINY_MEAN), "--std", *map(str, TINY_STD)]
+    script = save_torchscript(tiny_net(), inputs / "tiny.pt")
+    build(["--model-file", str(script), "--name", "tiny_script", *recipe, *out])
+    program = save_exported(tiny_net(), inputs / "tiny.pt2")
+    build(["--model-file", str(program), "--name", "tiny_export", *recipe, *out])
+    return store
+
+
+@pytest.fixture(scope="module")
+def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # As scripts/serve.sh registers a store's archives: each twice, on the command line.
+    instance = Server(
+        workdir=tmp_path_factory.mktemp("custom_torchserve"),
+        model_store=store,
+        models_arg=store_models(store),
+    )
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture(scope="module")
+def models(inputs: Path) -> dict[str, torch.nn.Module]:
+    """The models independently of the archives' loading code: torchvision's ResNet-18 with the
+    saved weights, and the custom CNN's Python class."""
+    state = torch.load(inputs / "fruit.pth", weights_only=True)
+    resnet = torchvision.models.resnet18(num_classes=len(RESNET_LABELS))
+    resnet.load_state_dict(state)
+    return {"resnet18": resnet.eval(), "tiny": tiny_net()}
+
+
+def post(server: Server, model: str, body: dict, follow: bool = True) -> requests.Response:
+    return requests.post(
+        f"{server.url('inference')}/predictions/{model}",
+        json=body,
+        headers={"Authorization": f"Bearer {server.keys['inference']}"},
+        timeout=120,
+        allow_redirects=follow,
+    )
+
+
+def encoded(name: str) -> str:
+    return base64.b64encode(PHOTOS[name]).decode()
+
+
+@pytest.mark.parametrize("target", [None, 3])
+@pytest.mark.parametrize("photo", ["chelsea", "coffee"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_classes_and_maps_equal_the_reference(server, models, name, photo, target) -> None:
+    arch, resize, crop, mean, std, labels = MODELS[name]
+    body = {"image": encoded(photo)} | ({} if target is None else {"target": labels[target]})
+    response = post(server, name, body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    expected, y, logits = reference_map(
+        models[arch], PHOTOS[photo], resize, crop, mean, std, target
+    )
+    probabilities = torch.softmax(logits.double(), 0)
+    assert answer["prediction"]["index"] == int(probabilities.argmax())
+    assert answer["prediction"]["label"] == labels[answer["prediction"]["index"]]
+    assert answer["prediction"]["probability"] == pytest.approx(
+        float(probabilities.max()), rel=1e-3
+    )
+    assert [entry["label"] for entry in answer["topk"]] == [
+        labels[i] for i in probabilities.argsort(descending=True)[: len(answer["topk"])]
+    ]
+    assert answer["target"]["index"] == y and answer["target"]["label"] == labels[y]
+    assert answer["target"]["score"] == pytest.approx(float(logits[y]), rel=1e-3, abs=1e-4)
+    saliency = answer["saliency"]
+    assert (saliency["width"], saliency["height"]) == (crop, crop)
+    assert saliency["max"] == pytest.approx(float(expected.max()), rel=1e-3)
+    served = reference.decode_png(saliency["png"]) / 255.0 * saliency["max"]
+    reference.assert_maps_agree(served, expected, expected.max())
+
+
+def test_each_model_knows_only_its_own_labels(server) -> None:
+    fruit = post(server, "fruit", {"image": encoded("chelsea"), "target": "banana"})
+    assert fruit.status_code == 200 and fruit.json()["target"]["index"] == 1
+    tiny = post(server, "tiny_script", {"image": encoded("chelsea"), "target": "banana"})
+    assert tiny.status_code == 400 and tiny.json()["error"]["code"] == "unknown_label"
+    assert "0-9" in tiny.json()["error"]["message"]
+    beyond = post(server, "fruit", {"image": encoded("chelsea"), "target": 5})
+    assert beyond.status_code == 400 and "0-4" in beyond.json()["error"]["message"]
+
+
+def test_gradcam_where_a_layer_can_be_recorded(server) -> None:
+    resnet = post(server, "fruit", {"image": encoded("coffee"), "method": "gradcam"})
+    assert resnet.status_code == 200, resnet.text
+    saliency = resnet.json()["saliency"]
+    assert (saliency["layer"], saliency["coarse_width"], saliency["coarse_height"]) == (
+        "layer4",
+        7,
+        7,
+    )
+    for name in ("tiny_script", "tiny_export"):
+        refused = post(server, name, {"image": encoded("coffee"), "method": "gradcam"})
+        assert refused.status_code == 400
+        error = refused.json()["error"]
+        assert error["code"] == "invalid_option" and "module hooks do not run" in error["message"]
+
+
+def test_the_store_is_registered_as_serve_sh_registers_it(server) -> None:
+    assert server.models == [
+        "fruit",
+        "fruit_sampled",
+        "tiny_export",
+        "tiny_export_sampled",
+        "tiny_script",
+        "tiny_script_sampled",
+    ]
+    assert not post(server, "squeezenet_saliency", {"image": encoded("chelsea")}).ok
+
+
+def test_expensive_methods_go_to_each_models_own_sampled_registration(server) -> None:
+    body = {"image": encoded("chelsea"), "method": "smoothgrad", "samples": 3, "seed": 5}
+    for name in MODELS:
+        redirected = post(server, name, body, follow=False)
+        assert redirected.status_code == 307
+        assert redirected.headers["Location"] == f"/predictions/{name}_sampled"
+        followed = post(server, name, body)
+        assert followed.status_code == 200, followed.text
+        assert followed.json()["saliency"]["seed"] == 5
