@@ -1,6 +1,11 @@
 """Benchmark squeezenet_saliency against the stock TorchServe paths, end to end and in process.
 
     .venv/bin/python scripts/bench.py [--quick] [--images DIR] [--output docs/benchmarks.md]
+    .venv/bin/python scripts/bench.py --arch resnet50 [ARCH ...] [--concurrency 8] [--seconds 20]
+
+``--arch``: for each torchvision architecture, an archive of random weights (built by
+build_mar.py in a temp dir) alone on a TorchServe; ours with ``saliency=false`` and with the
+default map alternated at one concurrency; req/s, their ratio and the worker's VmRSS/VmHWM printed.
 
 One run, one TorchServe (the production config.properties on free ports) serving two models with
 the same batch settings (batchSize 8, maxBatchDelay 20 ms, 1 worker):
@@ -45,7 +50,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -1263,6 +1268,154 @@ def write_doc(path: Path, block: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Any architecture (--arch): saliency vs plain classification for one archive of random weights
+
+
+def slice_requests(rate: float, seconds: float, concurrency: int) -> int:
+    """Requests for a slice of about ``seconds`` at ``rate`` req/s, at least 2 per thread."""
+    if not math.isfinite(rate) or rate <= 0:
+        return 2 * concurrency
+    return max(2 * concurrency, round(rate * seconds))
+
+
+def memory_kib(status: str) -> dict[str, int]:
+    """VmHWM (peak resident) and VmRSS (resident now), in KiB, of a /proc/PID/status text."""
+    found = {}
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS") and value.split():
+            found[key] = int(value.split()[0])
+    return found
+
+
+def build_arch_mar(arch: str, classes: int, store: Path) -> tuple[Path, int]:
+    """(archive, parameter count) of ``arch`` with seeded random weights, by build_mar.py."""
+    import build_mar
+    import torchvision
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(arch, weights=None, num_classes=classes)
+    store.mkdir(parents=True, exist_ok=True)
+    weights = store.parent / f"{arch}.pth"
+    torch.save(model.state_dict(), weights)
+    name = f"{arch}_bench"
+    argv = ["--arch", arch, "--weights", str(weights), "--name", name]
+    if build_mar.main([*argv, "--export-path", str(store)]) != 0:
+        raise RuntimeError(f"build_mar.py could not archive {arch}")
+    return store / f"{name}.mar", sum(p.numel() for p in model.parameters())
+
+
+def arch_benchmark(
+    arch: str,
+    photos: list[Photo],
+    args: argparse.Namespace,
+    work: Path,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """One TorchServe (as served: OMP_WAIT_POLICY=PASSIVE) with ``arch``'s archive; its plain
+    and saliency contenders alternated (the order rotates every round), then the worker's memory."""
+    log(f"{arch}: building the archive")
+    mar, params = build_arch_mar(arch, args.num_classes, work / "store")
+    name = mar.stem
+    server = Server(
+        workdir=work / "server",
+        model_store=mar.parent,
+        models_arg=[f"{name}={mar.name}"],  # no _sampled registration: not measured
+        env=dict(PASSIVE),
+    )
+    pool = contenders(photos)
+    path = f"/predictions/{name}"
+    pool = {"plain": replace(pool["a_ours"], path=path), "saliency": replace(pool["b"], path=path)}
+    log(f"{arch}: starting TorchServe")
+    server.start()
+    try:
+        port, key = server.ports["inference_address"], server.keys["inference"]
+        warm = {
+            k: run_slice(port, key, c, args.concurrency, 3 * args.concurrency)
+            for k, c in pool.items()
+        }
+        cells = {k: Cell() for k in pool}
+        for round_ in range(args.rounds):
+            names = list(pool)[round_ % 2 :] + list(pool)[: round_ % 2]
+            for key_ in names:
+                cell = cells[key_]
+                rate = cell.rate if cell.slices else len(warm[key_].latencies) / warm[key_].elapsed
+                count = slice_requests(rate, args.seconds / args.rounds, args.concurrency)
+                piece = run_slice(port, key, pool[key_], args.concurrency, count)
+                cell.slices.append(piece)
+                log(
+                    f"{arch} round {round_ + 1}/{args.rounds} {key_:<8} "
+                    f"{len(piece.latencies) / piece.elapsed:6.1f} req/s"
+                )
+        memory: dict[str, int] = {}
+        for pid in server.worker_pids(name):
+            with contextlib.suppress(OSError):
+                memory = memory_kib(Path(f"/proc/{pid}/status").read_text())
+        described = describe(server, name)
+    finally:
+        server.stop()
+    return {
+        "arch": arch,
+        "params": params,
+        "cells": cells,
+        "memory": memory,
+        "batching": f"batchSize {described['batchSize']}, maxBatchDelay "
+        f"{described['maxBatchDelay']} ms, {len(described['workers'])} worker",
+    }
+
+
+def rate_range(cell: Cell) -> str:
+    """req/s over all slices, and the per-slice range."""
+    spread = f" ({fmt(min(cell.rates))}-{fmt(max(cell.rates))})" if cell.rates else ""
+    return fmt(cell.rate) + spread
+
+
+def render_arch(command: str, info: dict, results: list[dict], concurrency: int) -> str:
+    """A Markdown table: one row per architecture, saliency / plain req/s and worker memory."""
+    out = [
+        f"Command: `{command}`; {info['date']}; {info['machine']['cpu']}, "
+        f"{info['machine']['cores']} cores; load average {info['load_start']} -> "
+        f"{info['load_end']}; concurrency {concurrency}; random weights, "
+        f"{results[0]['batching'] if results else ''}.",
+        "",
+        "| model | parameters | plain req/s (per-slice range) | saliency req/s (per-slice range) "
+        "| saliency / plain | p50 ms plain / saliency | worker VmRSS / VmHWM MiB | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in results:
+        plain, maps = row["cells"]["plain"], row["cells"]["saliency"]
+        mib = {k: v / 1024 for k, v in row["memory"].items()}
+        out.append(
+            f"| {row['arch']} | {row['params'] / 1e6:.1f} M | {rate_range(plain)} | "
+            f"{rate_range(maps)} | "
+            f"{fmt(maps.rate / plain.rate if plain.rate else math.nan, 2)} | "
+            f"{fmt(plain.percentile(50), 0)} / {fmt(maps.percentile(50), 0)} | "
+            f"{fmt(mib.get('VmRSS', math.nan), 0)} / {fmt(mib.get('VmHWM', math.nan), 0)} | "
+            f"{plain.errors + maps.errors} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def arch_main(args: argparse.Namespace, argv: list[str], log: Callable[[str], None]) -> int:
+    """--arch: each architecture on its own server, one after the other; prints the table."""
+    photos = load_photos(args.images)
+    info = {
+        "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": machine(),
+        "load_start": loadavg(),
+    }
+    results = []
+    for arch in args.arch:
+        with tempfile.TemporaryDirectory(prefix="bench-arch-") as work:
+            results.append(arch_benchmark(arch, photos, args, Path(work), log))
+    info["load_end"] = loadavg()
+    command = shlex.join([".venv/bin/python", "scripts/bench.py", *argv])
+    print(render_arch(command, info, results, args.concurrency))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1287,6 +1440,14 @@ def main(argv: list[str] | None = None) -> int:
         help="extra servers: OpenMP, workers, batching (default: full mode only)",
     )
     parser.add_argument("--note", default="", help="a remark printed with the results")
+    arch = parser.add_argument_group(
+        "any architecture", "--arch: saliency vs saliency=false for archives of random weights"
+    )
+    arch.add_argument("--arch", nargs="+", help="torchvision.models builders, e.g. resnet50")
+    arch.add_argument("--num-classes", type=int, default=1000)
+    arch.add_argument("--concurrency", type=int, default=8)
+    arch.add_argument("--seconds", type=float, default=20.0, help="per contender, about")
+    arch.add_argument("--rounds", type=int, default=4, help="alternated slices per contender")
     args = parser.parse_args(argv)
     mode = QUICK if args.quick else FULL
     if args.compile_ is not None:
@@ -1300,6 +1461,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # finally blocks stop TorchServe
     for name in OPENMP_VARIABLES:  # every server gets exactly its variant's settings
         os.environ.pop(name, None)
+    if args.arch:
+        return arch_main(args, list(argv if argv is not None else sys.argv[1:]), log)
     try:
         weights = resolve_weights(ROOT / ".cache")
     except WeightsError as exc:

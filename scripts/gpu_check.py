@@ -1325,7 +1325,8 @@ def render_header(report: Mapping[str, Any]) -> list[str]:
         f"Command: `{report['command']}` ({report['mode']} mode)  ",
         f"Date: {report['date']}  ",
         f"Software: {software}; CPU {env['cpu']}, torch threads {env['torch_threads']}  ",
-        f"Weights: {report['weights']}  ",
+        # The file's name only: a path of the machine that ran it means nothing to a reader.
+        f"Weights: {Path(str(report['weights'])).name}  ",
         f"Photos: {report['photos']}  ",
         f"Requests: {report['settings']}  ",
         TORCHSERVE_NOTE,

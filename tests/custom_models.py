@@ -2,7 +2,8 @@
 torch.export program, and torchvision models with seeded random weights (nothing downloaded).
 
 Also the independent expectation for them: torchvision's stock transforms with the archive's
-sizes and statistics, one image at a time, ``.backward()``, in float64 (as ``reference.py``).
+sizes and statistics, one image at a time, ``.backward()``, in float64 (as ``reference.py``) by
+default.
 """
 
 from __future__ import annotations
@@ -67,13 +68,41 @@ def save_exported(model: nn.Module, path: Path, crop: int = TINY_CROP, dynamic=T
     return path
 
 
-def torchvision_state(arch: str, classes: int, path: Path, seed: int = SEED) -> nn.Module:
-    """A randomly initialised torchvision model whose state_dict is saved to ``path``."""
+def torchvision_state(
+    arch: str,
+    classes: int,
+    path: Path,
+    seed: int = SEED,
+    calibrate: torch.Tensor | None = None,
+) -> nn.Module:
+    """A randomly initialised torchvision model whose state_dict is saved to ``path``.
+
+    ``calibrate`` (a batch of model inputs): BatchNorm statistics measured on it and as many
+    noise images (one forward in training mode), and the last linear layer scaled to give them
+    scores of standard deviation 1, as training would leave them. Deep random nets such as
+    MobileNetV3 and EfficientNet otherwise give every image nearly equal scores, and rounding
+    decides the top classes; the noise keeps the scores of build_mar.py's noise checks moderate.
+    """
     import torchvision
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = torchvision.models.get_model(arch, weights=None, num_classes=classes).eval()
+        model = torchvision.models.get_model(arch, weights=None, num_classes=classes)
+        if calibrate is not None:
+            calibrate = torch.cat([calibrate, torch.randn_like(calibrate)])
+            norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            for norm in norms:
+                norm.reset_running_stats()
+                norm.momentum = None  # a plain average over the batch
+            with torch.no_grad():
+                model.train()(calibrate)
+                for norm in norms:
+                    norm.momentum = 0.1
+                last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+                scale = float(model.eval()(calibrate).std())
+                last.weight /= scale
+                last.bias /= scale
+        model.eval()
     torch.save(model.state_dict(), path)
     return model
 
@@ -84,6 +113,26 @@ def write_labels(names: list[str], path: Path, index_to_name: bool = False) -> P
     return path
 
 
+def preprocessed(
+    data: bytes,
+    resize: int,
+    crop: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    interpolation: str = "bilinear",
+) -> torch.Tensor:
+    """An encoded image as a (3, crop, crop) model input, by torchvision's stock transforms."""
+    preprocess = transforms.Compose(
+        [
+            transforms.Resize(resize, transforms.InterpolationMode(interpolation)),
+            transforms.CenterCrop(crop),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=list(mean), std=list(std)),
+        ]
+    )
+    return preprocess(load_rgb(data))
+
+
 def reference_map(
     model: nn.Module,
     data: bytes,
@@ -92,18 +141,14 @@ def reference_map(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     target: int | None = None,
+    interpolation: str = "bilinear",
+    dtype: torch.dtype = torch.float64,
 ) -> tuple[np.ndarray, int, torch.Tensor]:
-    """(vanilla map (crop, crop), target class, logits) for one encoded image, in float64."""
-    preprocess = transforms.Compose(
-        [
-            transforms.Resize(resize),
-            transforms.CenterCrop(crop),
-            transforms.ToTensor(),
-            transforms.Normalize(mean=list(mean), std=list(std)),
-        ]
-    )
-    exact = copy.deepcopy(model).double().eval()
-    x = preprocess(load_rgb(data)).unsqueeze(0).double().requires_grad_(True)
+    """(vanilla map (crop, crop), target class, logits) for one encoded image, in float64 (or
+    ``dtype``: float64 depthwise convolutions have no fast kernel, seconds each on 2 cores)."""
+    exact = copy.deepcopy(model).to(dtype).eval()
+    x = preprocessed(data, resize, crop, mean, std, interpolation)
+    x = x.unsqueeze(0).to(dtype).requires_grad_(True)
     logits = exact(x)
     y = int(logits.argmax()) if target is None else target
     logits[0, y].backward()

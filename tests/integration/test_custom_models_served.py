@@ -1,11 +1,15 @@
 """Your own classifiers through a real TorchServe: a ResNet-18 (torchvision, random weights, five
-classes) and a custom 10-class CNN as TorchScript and as a torch.export program, archived by
-scripts/build_mar.py and served together, each as NAME and NAME_sampled, in one TorchServe.
+classes), a custom 10-class CNN as TorchScript and as a torch.export program, and MobileNetV3-Small,
+EfficientNet-B0 and ConvNeXt-Tiny (random weights, seven classes, 128 x 128 crops to save time),
+archived by scripts/build_mar.py and served together in one TorchServe.
 
 Each answers with its own labels, and its classes and vanilla maps equal an independent per-image
 computation (torchvision's transforms with the archive's sizes and statistics, ``.backward()``,
-float64). One server for all three keeps the suite's time down; other architectures are tested
-in process (tests/unit/test_custom_models.py).
+float64; float32 for the last three, whose depthwise convolutions take seconds in float64 on 2
+cores); Grad-CAM works on the layer found at build time. One server for all keeps the suite's
+time down: the first three are registered as scripts/serve.sh does (NAME and NAME_sampled), the
+other three as NAME only (a registration is a worker process, and their sampled ones are not
+exercised); they are also checked on fewer photo/target cases.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from custom_models import (
     TINY_MEAN,
     TINY_RESIZE,
     TINY_STD,
+    preprocessed,
     reference_map,
     save_exported,
     save_torchscript,
@@ -37,14 +42,33 @@ from photos import packaged_photos
 from torchserve_ctl import Server, store_models
 
 RESNET_LABELS = ["apple", "banana", "cherry", "date", "elderberry"]
+COLOURS = ["red", "orange", "yellow", "green", "blue", "indigo", "violet"]
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 PHOTOS = packaged_photos()
-# name -> (independent model, resize, crop, mean, std, labels)
+# name -> (independent model, resize, crop, mean, std, labels[, interpolation])
 MODELS = {
     "fruit": ("resnet18", 256, 224, *IMAGENET, RESNET_LABELS),
     "tiny_script": ("tiny", TINY_RESIZE, TINY_CROP, TINY_MEAN, TINY_STD, TINY_LABELS),
     "tiny_export": ("tiny", TINY_RESIZE, TINY_CROP, TINY_MEAN, TINY_STD, TINY_LABELS),
+    # 128 x 128 crops (--resize 144 --crop 128): a third of the cost at 224.
+    "mobilenet": ("mobilenet_v3_small", 144, 128, *IMAGENET, COLOURS),
+    "effnet": ("efficientnet_b0", 144, 128, *IMAGENET, COLOURS, "bicubic"),  # its weights' own
+    "convnext": ("convnext_tiny", 144, 128, *IMAGENET, COLOURS),
 }
+# The archives registered as NAME and NAME_sampled; the others as NAME only.
+SAMPLED = ["fruit", "tiny_export", "tiny_script"]
+# torchvision archs served as NAME only -> (their Grad-CAM layer, its output's side)
+MORE_ARCHS = {"mobilenet": ("features", 4), "effnet": ("features", 4), "convnext": ("features", 4)}
+CASES = [
+    (name, photo, target)
+    for name in SAMPLED
+    for photo in ("chelsea", "coffee")
+    for target in (None, 3)
+] + [
+    (name, photo, target)
+    for name in MORE_ARCHS
+    for photo, target in (("chelsea", None), ("coffee", 3))
+]
 
 
 def build(argv: list[str]) -> None:
@@ -71,16 +95,26 @@ def store(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     build(["--model-file", str(script), "--name", "tiny_script", *recipe, *out])
     program = save_exported(tiny_net(), inputs / "tiny.pt2")
     build(["--model-file", str(program), "--name", "tiny_export", *recipe, *out])
+    colours = write_labels(COLOURS, inputs / "colours.json")
+    for name in MORE_ARCHS:
+        arch, resize, crop, mean, std, _, *interpolation = MODELS[name]
+        photos = [preprocessed(d, resize, crop, mean, std, *interpolation) for d in PHOTOS.values()]
+        torchvision_state(arch, len(COLOURS), inputs / f"{name}.pth", calibrate=torch.stack(photos))
+        weights = ["--arch", arch, "--weights", str(inputs / f"{name}.pth")]
+        # Not given, the interpolation is the weights' default (efficientnet_b0: bicubic).
+        sizes = ["--resize", str(resize), "--crop", str(crop)]
+        build([*weights, *sizes, "--name", name, "--labels", str(colours), *out])
     return store
 
 
 @pytest.fixture(scope="module")
 def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # As scripts/serve.sh registers a store's archives: each twice, on the command line.
+    # As scripts/serve.sh registers a store's archives (each twice, on the command line), but
+    # MORE_ARCHS once: a worker fewer each.
     instance = Server(
         workdir=tmp_path_factory.mktemp("custom_torchserve"),
         model_store=store,
-        models_arg=store_models(store),
+        models_arg=[*store_models(store, SAMPLED), *(f"{n}={n}.mar" for n in MORE_ARCHS)],
     )
     instance.start()
     try:
@@ -91,12 +125,15 @@ def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
 
 @pytest.fixture(scope="module")
 def models(inputs: Path) -> dict[str, torch.nn.Module]:
-    """The models independently of the archives' loading code: torchvision's ResNet-18 with the
+    """The models independently of the archives' loading code: torchvision's builders with the
     saved weights, and the custom CNN's Python class."""
-    state = torch.load(inputs / "fruit.pth", weights_only=True)
-    resnet = torchvision.models.resnet18(num_classes=len(RESNET_LABELS))
-    resnet.load_state_dict(state)
-    return {"resnet18": resnet.eval(), "tiny": tiny_net()}
+    found: dict[str, torch.nn.Module] = {"tiny": tiny_net()}
+    for name in ("fruit", *MORE_ARCHS):
+        arch, labels = MODELS[name][0], MODELS[name][5]
+        model = torchvision.models.get_model(arch, num_classes=len(labels))
+        model.load_state_dict(torch.load(inputs / f"{name}.pth", weights_only=True))
+        found[arch] = model.eval()
+    return found
 
 
 def post(server: Server, model: str, body: dict, follow: bool = True) -> requests.Response:
@@ -113,17 +150,16 @@ def encoded(name: str) -> str:
     return base64.b64encode(PHOTOS[name]).decode()
 
 
-@pytest.mark.parametrize("target", [None, 3])
-@pytest.mark.parametrize("photo", ["chelsea", "coffee"])
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize(("name", "photo", "target"), CASES)
 def test_classes_and_maps_equal_the_reference(server, models, name, photo, target) -> None:
-    arch, resize, crop, mean, std, labels = MODELS[name]
+    arch, resize, crop, mean, std, labels, *interpolation = MODELS[name]
     body = {"image": encoded(photo)} | ({} if target is None else {"target": labels[target]})
     response = post(server, name, body)
     assert response.status_code == 200, response.text
     answer = response.json()
+    dtype = torch.float32 if name in MORE_ARCHS else torch.float64
     expected, y, logits = reference_map(
-        models[arch], PHOTOS[photo], resize, crop, mean, std, target
+        models[arch], PHOTOS[photo], resize, crop, mean, std, target, *interpolation, dtype=dtype
     )
     probabilities = torch.softmax(logits.double(), 0)
     assert answer["prediction"]["index"] == int(probabilities.argmax())
@@ -162,6 +198,14 @@ def test_gradcam_where_a_layer_can_be_recorded(server) -> None:
         7,
         7,
     )
+    for name, (layer, side) in MORE_ARCHS.items():  # each found by build_mar.py
+        answer = post(server, name, {"image": encoded("coffee"), "method": "gradcam"})
+        assert answer.status_code == 200, answer.text
+        saliency = answer.json()["saliency"]
+        assert saliency["method"] == "gradcam" and saliency["layer"] == layer
+        assert (saliency["coarse_width"], saliency["coarse_height"]) == (side, side)
+        crop = MODELS[name][2]
+        assert (saliency["width"], saliency["height"], saliency["max"] > 0) == (crop, crop, True)
     for name in ("tiny_script", "tiny_export"):
         refused = post(server, name, {"image": encoded("coffee"), "method": "gradcam"})
         assert refused.status_code == 400
@@ -177,13 +221,14 @@ def test_the_store_is_registered_as_serve_sh_registers_it(server) -> None:
         "tiny_export_sampled",
         "tiny_script",
         "tiny_script_sampled",
+        *MORE_ARCHS,
     ]
     assert not post(server, "squeezenet_saliency", {"image": encoded("chelsea")}).ok
 
 
 def test_expensive_methods_go_to_each_models_own_sampled_registration(server) -> None:
     body = {"image": encoded("chelsea"), "method": "smoothgrad", "samples": 3, "seed": 5}
-    for name in MODELS:
+    for name in SAMPLED:
         redirected = post(server, name, body, follow=False)
         assert redirected.status_code == 307
         assert redirected.headers["Location"] == f"/predictions/{name}_sampled"

@@ -62,3 +62,45 @@ def test_in_process_half_and_the_report(model, tmp_path) -> None:
     assert "rendering.gray_png) | " in report and "[current]" in report
     for variant in bench.VARIANTS:
         assert f"| {variant.label} |" in report
+
+
+# --- --arch: saliency vs plain classification for any architecture ----------------------------
+
+
+def test_a_slice_lasts_about_the_seconds_asked_with_two_requests_per_thread_at_least() -> None:
+    assert bench.slice_requests(12.0, 5.0, 8) == 60
+    assert bench.slice_requests(1.0, 5.0, 8) == 16
+    assert bench.slice_requests(0.0, 5.0, 4) == bench.slice_requests(float("nan"), 5.0, 4) == 8
+
+
+def test_worker_memory_is_read_from_proc_status() -> None:
+    status = "Name:\tpython\nVmPeak:\t 9000 kB\nVmHWM:\t  812340 kB\nVmRSS:\t  790000 kB\n"
+    assert bench.memory_kib(status) == {"VmHWM": 812340, "VmRSS": 790000}
+    assert bench.memory_kib("Name:\tkthreadd\n") == {}
+
+
+def test_the_arch_table_gives_the_ratio_and_the_memory() -> None:
+    info = {"date": "today", "machine": bench.machine(), "load_start": "1", "load_end": "2"}
+    row = {
+        "arch": "resnet50",
+        "params": 25_557_032,
+        "cells": {"plain": cell(10.0, 500), "saliency": cell(4.0, 45_000)},
+        "memory": {"VmRSS": 700 * 1024, "VmHWM": 900 * 1024},
+        "batching": "batchSize 8, maxBatchDelay 20 ms, 1 worker",
+    }
+    table = bench.render_arch("bench.py --arch resnet50", info, [row], 8)
+    assert "| resnet50 | 25.6 M | 10.0 (10.0-10.0) | 4.0 (4.0-4.0) | 0.40 | 100 / 100 " in table
+    assert "| 700 / 900 | 0 |" in table and "concurrency 8" in table
+
+
+def test_the_command_line_takes_architectures(monkeypatch) -> None:
+    seen = {}
+    monkeypatch.setattr(bench, "arch_main", lambda args, argv, log: seen.update(args=args) or 0)
+    monkeypatch.setattr(bench.signal, "signal", lambda *_: None)
+    for name in bench.OPENMP_VARIABLES:  # main clears them; restored after the test
+        monkeypatch.setenv(name, "1")
+    argv = ["--arch", "resnet50", "mobilenet_v3_large", "--concurrency", "4", "--seconds", "6"]
+    assert bench.main(argv) == 0
+    args = seen["args"]
+    assert args.arch == ["resnet50", "mobilenet_v3_large"]
+    assert (args.concurrency, args.seconds, args.rounds, args.num_classes) == (4, 6.0, 4, 1000)
