@@ -979,6 +979,19 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(**{name: getattr(args, name) for name in known})
 
 
+HAND_WRITTEN = "<!-- Written by hand"  # where the part that this script does not write begins
+
+
+def write_report(path: Path, report: str) -> None:
+    """Write the report, keeping what follows the ``HAND_WRITTEN`` marker of the file there."""
+    kept = ""
+    if path.is_file():
+        text = path.read_text("utf-8")
+        start = text.find(HAND_WRITTEN)
+        kept = "\n" + text[start:] if start >= 0 else ""
+    path.write_text(report.rstrip("\n") + "\n" + kept, "utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
     out = args.out or (ROOT / "out" / "faithfulness" if args.images else ROOT / "docs")
@@ -1005,7 +1018,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join(["python", "scripts/evaluate.py", *arguments])
     out.mkdir(parents=True, exist_ok=True)
     report = report_markdown(results, summary, command, seconds, cpu_seconds, load)
-    (out / "faithfulness.md").write_text(report, "utf-8")
+    write_report(out / "faithfulness.md", report)
     figure(results, summary).save(out / "faithfulness.png", optimize=True)
     print(f"\nwrote {out / 'faithfulness.md'} and {out / 'faithfulness.png'} ({seconds:.0f} s)")
     return 0

@@ -10,6 +10,6 @@ cd "$ROOT"
 bash scripts/setup.sh --dev
 if [[ "${1:-}" == "--fast" ]]; then  # the unit tier: no TorchServe, nginx or browser
   shift
-  set -- -m "not server and not deploy and not browser" "$@"
+  set -- -m "not server and not deploy and not browser and not slow" "$@"
 fi
 exec "$ROOT/.venv/bin/python" -m pytest "$@"

@@ -7,6 +7,7 @@ that every table of the report, the ratios and the targets are rendered from rea
 from __future__ import annotations
 
 import bench
+import pytest
 import torch
 
 
@@ -31,6 +32,7 @@ def synthetic_served() -> dict:
     }
 
 
+@pytest.mark.slow  # runs the in-process benchmark: ~20 s; not in scripts/test.sh --fast
 def test_in_process_half_and_the_report(model, tmp_path) -> None:
     weights = tmp_path / "weights.pth"
     torch.save(model.state_dict(), weights)

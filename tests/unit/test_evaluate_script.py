@@ -346,3 +346,14 @@ def test_photo_chunks_join_in_order_with_each_photo_keeping_its_seed(
             got[evaluate.RANDOM].probabilities, expected[evaluate.RANDOM].probabilities
         )
     assert results.randomisation["vanilla"][0].maps.shape == (1, 224, 224)
+
+
+def test_a_new_report_keeps_the_hand_written_part(tmp_path) -> None:
+    report = tmp_path / "faithfulness.md"
+    hand = f"{evaluate.HAND_WRITTEN}, kept -->\n\n## In short\nprose\n"
+    report.write_text("# old generated report\n\n" + hand)
+    evaluate.write_report(report, "# new report\n")
+    assert report.read_text() == "# new report\n\n" + hand
+    fresh = tmp_path / "fresh.md"
+    evaluate.write_report(fresh, "# only generated\n")
+    assert fresh.read_text() == "# only generated\n"
