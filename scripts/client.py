@@ -49,6 +49,9 @@ DEFAULT_TIMEOUT = 120.0
 TOKEN_ENV = "SALIENCY_TOKEN"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 PICTURES = ("saliency", "heatmap", "overlay")  # response fields that carry a PNG
+# The service's methods (README, "Explanation methods"); expensive ones are answered by the
+# second registration, whose redirect post_image follows.
+METHODS = ["vanilla", "gradcam", "smoothgrad", "smoothgrad_sq", "vargrad", "integrated_gradients"]
 SERVER_HINT = "is the server running? scripts/serve.sh starts it"
 
 
@@ -339,7 +342,8 @@ def request_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if args.target is not None:
         options["target"] = int(args.target) if args.target.isdigit() else args.target
-    for name in ("topk", "objective", "colormap", "method", "samples", "noise", "seed"):
+    names = ("topk", "objective", "colormap", "method", "samples", "noise", "seed", "steps")
+    for name in (*names, "baseline"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     if args.overlay:
@@ -386,10 +390,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--colormap", choices=["gray", "hot"], help="hot also sends a heatmap")
     parser.add_argument("--overlay", action="store_true", help="also the heatmap over the photo")
     parser.add_argument("--explain", action="store_true", help="use /explanations")
-    parser.add_argument("--method", choices=["vanilla", "smoothgrad"], help="map method (vanilla)")
-    parser.add_argument("--samples", type=int, help="SmoothGrad: noisy copies, 1-50 (25)")
-    parser.add_argument("--noise", type=float, help="SmoothGrad: sigma / input range (0.15)")
-    parser.add_argument("--seed", type=int, help="SmoothGrad: noise seed (the server draws one)")
+    parser.add_argument("--method", choices=METHODS, help="map method (vanilla)")
+    parser.add_argument("--samples", type=int, help="SmoothGrad family: noisy copies, 1-50 (25)")
+    parser.add_argument("--noise", type=float, help="SmoothGrad family: sigma / input range (0.15)")
+    parser.add_argument("--seed", type=int, help="SmoothGrad family: noise seed (else drawn)")
+    parser.add_argument("--steps", type=int, help="integrated_gradients: path points, 1-256 (32)")
+    parser.add_argument(
+        "--baseline", choices=["zero", "black"], help="integrated_gradients: path start (zero)"
+    )
     add_server_arguments(parser)
     parser.add_argument("--grpc", action="store_true", help="use the gRPC inference API")
     parser.add_argument(

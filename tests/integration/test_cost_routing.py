@@ -4,6 +4,7 @@ explanations to the sampled one, whose worker yields the CPU; nothing restarts."
 from __future__ import annotations
 
 import base64
+import json
 import os
 
 import client
@@ -68,4 +69,19 @@ def test_the_client_library_follows_the_redirect(api, server) -> None:
         reference.decode_png(answer["saliency"]["png"]),
         reference.decode_png(direct["saliency"]["png"]),
         255,
+    )
+
+
+def test_the_client_script_asks_for_any_method(server, tmp_path) -> None:
+    photo = tmp_path / "chelsea.png"
+    photo.write_bytes(packaged_photos()["chelsea"])
+    common = ["--url", server.url("inference"), "--token", server.keys["inference"]]
+    out = tmp_path / "out"
+    ig = ["--method", "integrated_gradients", "--steps", "4", "--baseline", "black"]
+    assert client.main([str(photo), *common, *ig, "--out", str(out)]) == 0
+    saliency = json.loads((out / "chelsea.json").read_text())["saliency"]
+    assert (saliency["method"], saliency["steps"], saliency["baseline"]) == (
+        "integrated_gradients",
+        4,
+        "black",
     )
