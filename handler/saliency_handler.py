@@ -72,7 +72,7 @@ class SaliencyHandler:
             lower_priority(config.routing.sampled_niceness)
         # An archive without model.json is the SqueezeNet 1.1 one (built before other models).
         spec_file = model_dir / SPEC_FILE
-        spec = ModelSpec.from_file(spec_file) if spec_file.is_file() else ModelSpec()
+        spec = ModelSpec.from_file(spec_file) if spec_file.is_file() else None  # None: SqueezeNet
         self.service = SaliencyService.from_files(
             weights, model_dir / LABELS_FILE, device, config, name, spec
         )

@@ -53,6 +53,9 @@ class ServiceConfig:
     # (model.ModelSpec), not from the handler block.
     preprocessing: images.Preprocessing = field(default_factory=images.Preprocessing)
     cam_missing: str = "this model has none set"
+    # Archives of other models say in every answer how the image was prepared; SqueezeNet's
+    # answers stay as they always were.
+    report_preprocessing: bool = False
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ServiceConfig:
@@ -178,8 +181,12 @@ class SaliencyService:
     ) -> SaliencyService:
         """The model of an archive: ``weights`` is its serialized file, ``spec`` its model.json
         (None: SqueezeNet 1.1 on ImageNet)."""
+        config = replace(
+            config or ServiceConfig(),
+            preprocessing=(spec or ModelSpec()).preprocessing,
+            report_preprocessing=spec is not None,
+        )
         spec = spec or ModelSpec()
-        config = replace(config or ServiceConfig(), preprocessing=spec.preprocessing)
         if not spec.hookable:  # no module hooks, no Grad-CAM layer (model.py)
             kind = "TorchScript" if spec.format == "torchscript" else "torch.export"
             missing = f"a {kind} model exposes no layer output to it (module hooks do not run)"
@@ -338,6 +345,11 @@ class SaliencyService:
             "prediction": self._class(*ranked[0]),
             "topk": [self._class(i, p) for i, p in ranked[: options.topk]],
             "crop_box": list(item.image.crop_box),
+            **(
+                {"preprocessing": self.config.preprocessing.to_json()}
+                if self.config.report_preprocessing
+                else {}
+            ),
             "serving": {"batch_size": batch_size, "device": str(self.device)},
         }
         if options.saliency:

@@ -172,6 +172,11 @@ def test_classes_and_maps_equal_the_reference(server, models, name, photo, targe
     ]
     assert answer["target"]["index"] == y and answer["target"]["label"] == labels[y]
     assert answer["target"]["score"] == pytest.approx(float(logits[y]), rel=1e-3, abs=1e-4)
+    prepared = answer["preprocessing"]  # the archive's recipe, reported back
+    assert (prepared["resize"], prepared["crop"]) == (resize, crop)
+    assert prepared["mean"] == pytest.approx(list(mean)) and prepared["std"] == pytest.approx(
+        list(std)
+    )
     saliency = answer["saliency"]
     assert (saliency["width"], saliency["height"]) == (crop, crop)
     assert saliency["max"] == pytest.approx(float(expected.max()), rel=1e-3)

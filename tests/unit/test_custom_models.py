@@ -324,6 +324,7 @@ def test_a_program_service_answers_like_the_reference(files, kind, chelsea, tmp_
     )
     for answer, target in ((vanilla, None), (targeted, 3)):
         assert answer.status == 200, answer.body
+        assert answer.body["preprocessing"] == spec.preprocessing.to_json()
         expected, y, logits = reference_map(
             tiny_net(), data, TINY_RESIZE, TINY_CROP, TINY_MEAN, TINY_STD, target
         )

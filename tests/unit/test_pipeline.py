@@ -315,3 +315,9 @@ def test_oversized_image_is_413(service, chelsea_png) -> None:
 
 def test_empty_batch(service) -> None:
     assert service.handle_batch([]) == []
+
+
+def test_squeezenet_answers_do_not_report_the_preprocessing(mixed_batch) -> None:
+    """Only archives of other models (with a model.json) add "preprocessing" to the answer."""
+    _, answers, _ = mixed_batch
+    assert all("preprocessing" not in answer.body for answer in answers)
