@@ -509,13 +509,33 @@ def choose_cam_layer(model: object, arch: str | None, named: str | None, crop: i
     finally:
         handle.remove()
     output = outputs[0] if len(outputs) == 1 else None
-    if not isinstance(output, torch.Tensor) or output.dim() != 4 or output[0, 0].numel() < 2:
+    if not _feature_map(output):
         shapes = [tuple(getattr(o, "shape", ())) or type(o).__name__ for o in outputs]
         raise BuildError(
             f"--cam-layer {named!r} must run once with a 4-D (N, C, h, w) output, h x w > 1 "
-            f"(a feature map); it gave {shapes}"
+            "(a feature map), or a transformer block's (N, T, D) tokens on a square grid of "
+            f"patches; it gave {shapes}"
         )
     return named
+
+
+def _feature_map(output: object) -> bool:
+    """A 4-D map of more than one position, or tokens that Grad-CAM turns into one."""
+    import torch
+
+    from saliency_service.attribution.gradcam import tokens_to_grid
+
+    if not isinstance(output, torch.Tensor):
+        return False
+    if output.dim() == 4:
+        return output[0, 0].numel() > 1
+    if output.dim() == 3:
+        try:
+            tokens_to_grid(output)
+        except ValueError:
+            return False
+        return True
+    return False
 
 
 def choose_labels(path: Path | None, classes: int) -> list[str]:

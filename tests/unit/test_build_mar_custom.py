@@ -319,3 +319,14 @@ def test_a_store_is_registered_twice_per_archive(tmp_path: Path) -> None:
         store_models(tmp_path, ["nope"])
     with pytest.raises(FileNotFoundError, match=r"no \.mar files"):
         store_models(tmp_path / "empty")
+
+
+def test_a_transformer_block_is_a_cam_layer_when_named() -> None:
+    """Its tokens form a square grid of patches; a layer of class scores does not."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(224, 32, 2, 2, 32, 64, num_classes=5).eval()
+    block = "encoder.layers.encoder_layer_0"
+    assert build_mar.choose_cam_layer(vit, "vit_b_16", block, 224) == block
+    with pytest.raises(build_mar.BuildError, match="square grid of patches"):
+        build_mar.choose_cam_layer(vit, "vit_b_16", "heads.head", 224)

@@ -14,6 +14,7 @@ shows the map (the service scales every map by its maximum).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -25,11 +26,30 @@ from .result import SaliencyResult
 
 
 def cam_from_gradients(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-    """Coarse Grad-CAM maps ``(N, h, w)`` from a layer's activations and gradients (N, K, h, w)."""
+    """Coarse Grad-CAM maps ``(N, h, w)`` from a layer's activations and gradients (N, K, h, w),
+    or from a transformer block's ``(N, T, D)`` tokens taken as their patch grid
+    (``tokens_to_grid``)."""
+    if activations.ndim == 3:
+        activations, gradients = tokens_to_grid(activations), tokens_to_grid(gradients)
     if activations.ndim != 4:
         raise ValueError(f"Grad-CAM needs a (N, K, h, w) layer output, got {activations.ndim}-D")
     weights = gradients.mean(dim=(2, 3), keepdim=True)
     return (weights * activations).sum(dim=1).clamp_min(0)
+
+
+def tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
+    """A transformer block's ``(N, T, D)`` tokens as a ``(N, D, s, s)`` feature map.
+
+    The patch tokens form an ``s x s`` grid in raster order; a leading class token (``T = s^2 +
+    1``, as in torchvision's ViT) is dropped. pytorch-grad-cam's ``reshape_transform`` for ViT.
+    """
+    count = tokens.shape[1]
+    for skip in (0, 1):
+        side = math.isqrt(count - skip)
+        if side > 1 and side * side == count - skip:
+            grid = tokens[:, skip:].reshape(tokens.shape[0], side, side, tokens.shape[2])
+            return grid.permute(0, 3, 1, 2)
+    raise ValueError(f"{count} tokens are no square grid of patches (nor one and a class token)")
 
 
 def upsample(coarse: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
