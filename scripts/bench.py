@@ -48,7 +48,6 @@ import sys
 import tempfile
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -348,27 +347,10 @@ VARIANTS = (
 )
 
 
-def with_model_config(mar: Path, destination: Path, values: dict[str, int]) -> Path:
-    """A copy of an archive whose model-config.yaml has these top-level values."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(mar) as source, zipfile.ZipFile(destination, "w") as target:
-        for entry in source.infolist():
-            data = source.read(entry)
-            if entry.filename == "model-config.yaml":
-                text = data.decode()
-                for key, value in values.items():
-                    text, count = re.subn(rf"(?m)^{key}: *\d+", f"{key}: {value}", text)
-                    if count != 1:
-                        raise ValueError(f"{mar}: no single {key} line")
-                data = text.encode()
-            target.writestr(entry, data)
-    return destination
-
-
 def http_benchmark(
     photos: list[Photo], weights: Path, mode: Mode, work: Path, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    from build_mar import build
+    from build_mar import build, variant_archive
 
     store = work / "store"
     log("building the archives")
@@ -383,7 +365,7 @@ def http_benchmark(
                 variant_store = work / f"store-{variant.key}"
                 for model in (OURS, STOCK):
                     mar = store / f"{model}.mar"
-                    with_model_config(mar, variant_store / mar.name, variant.model_config)
+                    variant_archive(variant_store, mar, **variant.model_config)
             server = Server(
                 workdir=work / f"server-{variant.key or 'main'}",
                 model_store=variant_store,

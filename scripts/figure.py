@@ -151,15 +151,21 @@ def caption(
     return [*lines, (f"p = {prediction['probability']:.2f}", MUTED)]
 
 
+def lettering(size: int) -> tuple[Any, ImageDraw.ImageDraw, int, int]:
+    """The captions' font for tiles of ``size``, a scratch canvas to measure text on, the
+    offset of a line's top from where it is drawn, and the distance between lines."""
+    font = load_font(max(12, round(size / 14)))
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    _, top, _, bottom = scratch.textbbox((0, 0), "Ag", font=font)
+    return font, scratch, top, bottom - top + LINE_SPACING
+
+
 def compose(
     photos: list[Image.Image], maps: list[Image.Image], answers: list[dict], size: int
 ) -> Image.Image:
     """Photos in the top row, maps below, captions under each column; all on white."""
-    font = load_font(max(12, round(size / 14)))
-    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    font, scratch, top, line_height = lettering(size)
     captions = [caption(answer, font, size, scratch) for answer in answers]
-    _, top, _, bottom = scratch.textbbox((0, 0), "Ag", font=font)
-    line_height = bottom - top + LINE_SPACING
     caption_height = max(len(lines) for lines in captions) * line_height
     columns = len(photos)
     width = 2 * MARGIN + columns * size + (columns - 1) * GAP
@@ -187,11 +193,8 @@ def compose_methods(
 ) -> Image.Image:
     """One row per photo: the crop (its prediction below it), then one map per method; the
     method names head the columns."""
-    font = load_font(max(12, round(size / 14)))
-    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    font, scratch, top, line_height = lettering(size)
     captions = [caption(answer, font, size, scratch) for answer in answers]
-    _, top, _, bottom = scratch.textbbox((0, 0), "Ag", font=font)
-    line_height = bottom - top + LINE_SPACING
     caption_height = max(len(lines) for lines in captions) * line_height
     row_height = size + CAPTION_GAP + caption_height
     columns = len(titles)
@@ -246,10 +249,7 @@ def compose_before_after(
     rows: list[tuple[str, list[Image.Image]]], titles: list[str], size: int
 ) -> Image.Image:
     """Column titles on top; each row under its own title line; tiles ``size`` square."""
-    font = load_font(max(12, round(size / 14)))
-    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    _, top, _, bottom = scratch.textbbox((0, 0), "Ag", font=font)
-    line_height = bottom - top + LINE_SPACING
+    font, _, top, line_height = lettering(size)
     columns = len(titles)
     width = 2 * MARGIN + columns * size + (columns - 1) * GAP
     row_height = line_height + CAPTION_GAP + size

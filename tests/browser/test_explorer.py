@@ -25,16 +25,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from build_mar import stale_files
 from photos import CAT_CLASSES, packaged_photos
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
-from torchserve_ctl import MODEL_NAME, ROOT, Server, free_port
+from torchserve_ctl import ROOT, Server, free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
-MAR = ROOT / "model_store" / f"{MODEL_NAME}.mar"
 EXPLORE = ROOT / "scripts" / "explore.sh"
 # This machine's network is closed, and a test browser should not phone home anyway.
 CHROMIUM_FLAGS = (
@@ -83,18 +81,9 @@ def chromium_bins() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def torchserve(tmp_path_factory: pytest.TempPathFactory, nginx_bin: str) -> Iterator[Server]:
-    if not MAR.is_file():
-        pytest.fail(f"{MAR} is missing: run scripts/test.sh (or scripts/build_mar.py) first")
-    stale = stale_files(MAR)
-    if stale:
-        pytest.fail(f"{MAR} is older than handler/ ({', '.join(stale)}): run scripts/build_mar.py")
-    instance = Server(workdir=tmp_path_factory.mktemp("torchserve"), model_store=MAR.parent)
-    instance.start()
-    try:
-        yield instance
-    finally:
-        instance.stop()
+def torchserve(nginx_bin: str, server: Server) -> Server:
+    """The session's TorchServe (tests/conftest.py), once nginx is known to be there."""
+    return server
 
 
 @dataclass

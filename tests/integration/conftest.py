@@ -1,35 +1,18 @@
-"""A real TorchServe from the built .mar with the production config, once per test session."""
+"""The archive's own weights and a thin client of the session's TorchServe (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Iterator
 
 import pytest
 import requests
 import torch
-from build_mar import stale_files
 from torchserve_ctl import MODEL_NAME, ROOT, Server
 
 from saliency_service.model import build_model
 
 MAR = ROOT / "model_store" / f"{MODEL_NAME}.mar"
-
-
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    if not MAR.is_file():
-        pytest.fail(f"{MAR} is missing: run scripts/test.sh (or scripts/build_mar.py) first")
-    stale = stale_files(MAR)
-    if stale:  # tests of an old archive would pass or fail for the wrong code
-        pytest.fail(f"{MAR} is older than handler/ ({', '.join(stale)}): run scripts/build_mar.py")
-    instance = Server(workdir=tmp_path_factory.mktemp("torchserve"), model_store=MAR.parent)
-    instance.start()
-    try:
-        yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture(scope="session")
