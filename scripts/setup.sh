@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the service needs; sourced by serve.sh and test.sh, safe to run again.
 #   scripts/setup.sh [--dev]
-# - .venv at the repository root with the pinned requirements (--dev: test tools too)
+# - .venv at the repository root with the pinned requirements (--dev: test tools too) and our
+#   packages: handler/ (the runtime, saliency_service) and tools/ (saliency_tools), editable
 # - --dev: .venv-tools with requirements-tools.txt (scanners whose dependencies clash with .venv)
 # - Java 17+ for TorchServe's front end
 # - the weights ($SQUEEZENET_WEIGHTS, else torchvision's file, downloaded and checksummed)
@@ -39,10 +40,15 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$PYTHON_BIN" -m venv "$VENV"
 fi
 stamp="$VENV/.requirements-$(basename "$requirements" .txt)"
-digest="$(cat "$ROOT"/requirements*.txt | sha256sum | cut -c1-16)"
+digest="$(cat "$ROOT"/requirements*.txt "$ROOT"/handler/pyproject.toml "$ROOT"/tools/pyproject.toml \
+  | sha256sum | cut -c1-16)"
 if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$digest" ]]; then
   say "installing $(basename "$requirements") into .venv (the first time takes a few minutes)"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+  # Our two packages, editable: the runtime (handler/, what the .mar ships) and the tooling
+  # (tools/, behind scripts/*.py). Their dependencies are the pins above; setuptools is pinned there.
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    --no-build-isolation -e "$ROOT/handler" -e "$ROOT/tools"
   echo "$digest" >"$stamp"
 fi
 

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from build_mar import stale_files
-from torchserve_ctl import MODEL_NAME, ROOT, Server
+
+from saliency_tools import MODEL_NAME, ROOT
+from saliency_tools.archive import stale_files
+from saliency_tools.server import Server
 
 MAR = ROOT / "model_store" / f"{MODEL_NAME}.mar"
 

@@ -20,7 +20,9 @@ import numpy as np
 import reference
 import requests
 from PIL import Image
-from torchserve_ctl import MODEL_NAME, Server
+
+from saliency_tools import MODEL_NAME
+from saliency_tools.server import Server
 
 
 def post(

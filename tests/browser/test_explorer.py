@@ -29,7 +29,9 @@ from photos import CAT_CLASSES, packaged_photos
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
-from torchserve_ctl import ROOT, Server, free_port
+
+from saliency_tools import ROOT
+from saliency_tools.server import Server, free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 

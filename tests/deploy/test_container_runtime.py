@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 import requests
 from photos import packaged_photos
-from torchserve_ctl import MODEL_NAME, free_port, pid_alive, read_keys
+
+from saliency_tools import MODEL_NAME
+from saliency_tools.server import free_port, pid_alive, read_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"

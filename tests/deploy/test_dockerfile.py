@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from torchserve_ctl import read_properties
+
+from saliency_tools.server import read_properties
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"

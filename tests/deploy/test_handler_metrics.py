@@ -15,9 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from saliency_handler import BATCH_SIZE, ERRORS, STAGE_SECONDS, SaliencyHandler
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
+from saliency_handler import BATCH_SIZE, ERRORS, STAGE_SECONDS, SaliencyHandler
 from saliency_service.pipeline import BatchReport
 
 ROOT = Path(__file__).resolve().parents[2]

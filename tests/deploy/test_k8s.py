@@ -17,7 +17,8 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from torchserve_ctl import parse_properties
+
+from saliency_tools.server import parse_properties
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"

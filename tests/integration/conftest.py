@@ -8,9 +8,10 @@ import zipfile
 import pytest
 import requests
 import torch
-from torchserve_ctl import MODEL_NAME, ROOT, Server
 
 from saliency_service.model import build_model
+from saliency_tools import MODEL_NAME, ROOT
+from saliency_tools.server import Server
 
 MAR = ROOT / "model_store" / f"{MODEL_NAME}.mar"
 

@@ -21,7 +21,9 @@ import reference
 from hardening import assert_same_answer, error_of, png_claiming, post, wait_for
 from photos import packaged_photos, png_bytes
 from PIL import Image
-from torchserve_ctl import MODEL_NAME, http_json
+
+from saliency_tools import MODEL_NAME
+from saliency_tools.server import http_json
 
 
 def eight_images() -> list[bytes]:

@@ -4,10 +4,11 @@ decoding, and the worker neither dies nor grows (it once decoded an ICO's 24000x
 
 from __future__ import annotations
 
-import bombs
 import pytest
 from hardening import error_of, proc_status
 from photos import packaged_photos
+
+from saliency_tools import bombs
 
 BOMBS = bombs.bombs()
 SERVED = ["ico with png", "ico with dib", "tiff tiles", "gif frame over its screen"]

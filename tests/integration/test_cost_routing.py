@@ -7,10 +7,10 @@ import base64
 import json
 import os
 
-import client
 import reference
 from photos import packaged_photos
-from torchserve_ctl import MODEL_NAME, SAMPLED_MODEL_NAME
+
+from saliency_tools import MODEL_NAME, SAMPLED_MODEL_NAME, client
 
 CHELSEA = base64.b64encode(packaged_photos()["chelsea"]).decode()
 EXPENSIVE = {"image": CHELSEA, "method": "smoothgrad", "samples": 4, "seed": 11}

@@ -18,7 +18,6 @@ import base64
 from collections.abc import Iterator
 from pathlib import Path
 
-import build_mar
 import pytest
 import reference
 import requests
@@ -39,7 +38,9 @@ from custom_models import (
     write_labels,
 )
 from photos import packaged_photos
-from torchserve_ctl import Server, store_models
+
+from saliency_tools import archive as build_mar
+from saliency_tools.server import Server, store_models
 
 RESNET_LABELS = ["apple", "banana", "cherry", "date", "elderberry"]
 COLOURS = ["red", "orange", "yellow", "green", "blue", "indigo", "violet"]

@@ -13,15 +13,15 @@ import base64
 import json
 from collections.abc import Iterator
 
-import client
 import grpc
-import grpc_stubs
 import pytest
 import reference
-import saliency_handler
 from hardening import assert_same_answer, concurrently, post, wait_for
 from photos import KNOWN_CLASSES, labelled_photos
-from torchserve_ctl import MODEL_NAME, Server, pid_alive
+
+import saliency_handler
+from saliency_tools import MODEL_NAME, client, grpc_stubs
+from saliency_tools.server import Server, pid_alive
 
 PHOTOS = labelled_photos()
 GOOD = PHOTOS["coffee"]

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import requests
-from build_mar import variant_archive
 from hardening import percentiles, post, proc_status, wait_for
 from photos import png_bytes
-from torchserve_ctl import Server, pid_alive
+
+from saliency_tools.archive import variant_archive
+from saliency_tools.server import Server, pid_alive
 
 LOAD_REQUESTS = int(os.environ.get("SALIENCY_LOAD_REQUESTS", "1600"))
 LOAD_CLIENTS = 32
@@ -197,7 +198,8 @@ def fault_server(tmp_path_factory: pytest.TempPathFactory):
 
 def ready_worker(server: Server, other_than: int) -> int | None:
     """The pid of a READY worker that is not ``other_than``, else None."""
-    from torchserve_ctl import MODEL_NAME, http_json
+    from saliency_tools import MODEL_NAME
+    from saliency_tools.server import http_json
 
     described = http_json(
         f"{server.url('management')}/models/{MODEL_NAME}", server.keys["management"]
@@ -297,7 +299,8 @@ def test_request_past_response_timeout_gets_a_prompt_error(fault_server) -> None
 
 def test_a_full_queue_answers_503_at_once(fault_server) -> None:
     """Beyond job_queue_size waiting requests, TorchServe sheds load instead of queueing."""
-    from torchserve_ctl import MODEL_NAME, http_json, read_properties
+    from saliency_tools import MODEL_NAME
+    from saliency_tools.server import http_json, read_properties
 
     server = fault_server
     capacity = int(read_properties(server.config)["job_queue_size"])

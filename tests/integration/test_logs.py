@@ -7,7 +7,8 @@ from __future__ import annotations
 import requests
 from hardening import post, wait_for
 from photos import packaged_photos
-from torchserve_ctl import MODEL_NAME
+
+from saliency_tools import MODEL_NAME
 
 SECRET = "k3y-in-a-query-string"
 LOGS = ("access_log.log", "model_log.log", "ts_log.log")

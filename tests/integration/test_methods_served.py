@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import reference
 from photos import packaged_photos
-from torchserve_ctl import SAMPLED_MODEL_NAME
 
 from saliency_service.methods import METHODS
+from saliency_tools import SAMPLED_MODEL_NAME
 
 PHOTOS = packaged_photos()
 B64 = {name: base64.b64encode(data).decode() for name, data in PHOTOS.items()}

@@ -16,10 +16,12 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-import torchserve_ctl
 from hardening import post, wait_for
 from photos import packaged_photos
-from torchserve_ctl import MODEL_NAME, ROOT, Server, read_keys, read_properties
+
+from saliency_tools import MODEL_NAME, ROOT
+from saliency_tools import server as torchserve_ctl
+from saliency_tools.server import Server, read_keys, read_properties
 
 GOOD = packaged_photos()["coffee"]
 PROPERTIES = read_properties(ROOT / "config.properties")

@@ -20,10 +20,10 @@ import psutil
 import pytest
 import requests
 from photos import packaged_photos
-from torchserve_ctl import (
+
+from saliency_tools import MODEL_NAME, ROOT
+from saliency_tools.server import (
     ADDRESS_KEYS,
-    MODEL_NAME,
-    ROOT,
     free_port,
     pid_alive,
     read_keys,

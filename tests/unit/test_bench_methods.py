@@ -11,13 +11,13 @@ import math
 import zipfile
 from pathlib import Path
 
-import bench
-import bench_methods as bm
 import numpy as np
 import pytest
 import torch
 
 from saliency_service import rendering
+from saliency_tools import bench
+from saliency_tools import bench_methods as bm
 
 
 def test_average_ranks_share_the_mean_rank_of_ties() -> None:

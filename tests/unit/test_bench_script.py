@@ -6,9 +6,10 @@ that every table of the report, the ratios and the targets are rendered from rea
 
 from __future__ import annotations
 
-import bench
 import pytest
 import torch
+
+from saliency_tools import bench
 
 
 def cell(rate: float, size: int, requests: int = 20) -> bench.Cell:

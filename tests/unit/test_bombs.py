@@ -18,12 +18,12 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import bombs
 import pytest
 from PIL import Image
 
 from saliency_service import images
 from saliency_service.errors import RequestError
+from saliency_tools import bombs
 
 BOMBS = bombs.bombs()
 LIMITS = images.ImageLimits()  # the production limits: 8 MiB, 40 megapixels
@@ -60,7 +60,7 @@ def test_each_bomb_is_refused_before_its_picture_is_allocated(name, allocations)
 
 PEAK_SCRIPT = """
 import json, resource, sys
-import bombs
+from saliency_tools import bombs
 from saliency_service import images
 from saliency_service.errors import RequestError
 

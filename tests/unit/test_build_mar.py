@@ -5,8 +5,9 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-import build_mar
 import pytest
+
+from saliency_tools import archive as build_mar
 
 
 def archive(path: Path, members: dict[str, bytes]) -> Path:

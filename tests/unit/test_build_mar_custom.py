@@ -7,7 +7,6 @@ import json
 import zipfile
 from pathlib import Path
 
-import build_mar
 import pytest
 import torch
 import yaml
@@ -22,6 +21,8 @@ from custom_models import (
     write_labels,
 )
 from torch import nn
+
+from saliency_tools import archive as build_mar
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +303,7 @@ def test_build_errors_are_one_line(files, tmp_path, capsys, argv, message) -> No
 def test_a_store_is_registered_twice_per_archive(tmp_path: Path) -> None:
     """What scripts/serve.sh passes to torchserve --models: the default archive first, each
     followed by the sampled registration its model-config.yaml names (none if empty)."""
-    from torchserve_ctl import store_models
+    from saliency_tools.server import store_models
 
     for name, sampled in (("zebra", "zebra_sampled"), ("squeezenet_saliency", "sq_s"), ("one", "")):
         with zipfile.ZipFile(tmp_path / f"{name}.mar", "w") as archive:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import evaluate
 import pytest
 import torch
 from PIL import Image
 
 from saliency_service.methods import METHODS, ExplainContext, Job, explain
-from saliency_service.metrics import Curves, Interval, RandomisationStep
 from saliency_service.model import CAM_LAYER
+from saliency_tools import evaluate
+from saliency_tools.metrics import Curves, Interval, RandomisationStep
 
 NAN = math.nan
 ALL = (*evaluate.METHOD_NAMES, evaluate.RANDOM)

@@ -13,9 +13,10 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-import explore
 import pytest
-from explore import ExploreError
+
+from saliency_tools import explore
+from saliency_tools.explore import ExploreError
 
 NGINX = os.environ.get("NGINX_BIN") or shutil.which("nginx")
 

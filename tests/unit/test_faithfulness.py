@@ -1,4 +1,4 @@
-"""The metric code (saliency_service.metrics) on cases whose answers are known in advance."""
+"""The metric code (saliency_tools.metrics) on cases whose answers are known in advance."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from saliency_service.attribution import vanilla_saliency
-from saliency_service.metrics import (
+from saliency_service.model import build_model
+from saliency_tools.metrics import (
     Curves,
     Interval,
     across_photos,
@@ -30,7 +31,6 @@ from saliency_service.metrics import (
     t_critical,
     t_within,
 )
-from saliency_service.model import build_model
 
 SIDE = 16
 REGION = (slice(0, 4), slice(0, 4))  # the only pixels the synthetic model looks at

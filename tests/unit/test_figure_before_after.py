@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import io
 
-import figure
 import numpy as np
 import pytest
-from client import ServiceError
 from PIL import Image
+
+from saliency_tools import figure
+from saliency_tools.client import ServiceError
 
 
 def png(colour: tuple[int, int, int], size: int = 224) -> str:

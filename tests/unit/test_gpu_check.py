@@ -12,10 +12,11 @@ import math
 import sys
 from pathlib import Path
 
-import gpu_check as gc
 import numpy as np
 import pytest
 from PIL import Image
+
+from saliency_tools import gpu_check as gc
 
 # --- correlations ------------------------------------------------------------------------------
 

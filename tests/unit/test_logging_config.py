@@ -15,7 +15,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from torchserve_ctl import ROOT, log4j_config
+
+from saliency_tools import ROOT
+from saliency_tools.server import log4j_config
 
 MAX_FILE_BYTES = 10 * 2**20
 MAX_ROLLED_FILES = 10

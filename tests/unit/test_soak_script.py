@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from soak import memory_trend
+from saliency_tools.soak import memory_trend
 
 MINUTES = 30
 

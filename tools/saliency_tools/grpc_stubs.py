@@ -5,7 +5,7 @@ imports the modules from there, so the stubs always match the installed grpcio/p
 ``inference.proto`` imports ``google/rpc/status.proto``, which googleapis-common-protos ships
 (its ``status_pb2`` is what the generated code imports).
 
-    from grpc_stubs import load
+    from saliency_tools.grpc_stubs import load
     stubs = load()
     request = stubs.inference_pb2.PredictionsRequest(model_name="m", input={"data": b"..."})
     stub = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(channel)
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-ROOT = Path(__file__).resolve().parent.parent
+from saliency_tools import ROOT
+
 PROTO_DIR = ROOT / "tests" / "proto"
 PROTOS = ("inference.proto", "management.proto")
 MODULES = ("inference_pb2", "inference_pb2_grpc", "management_pb2", "management_pb2_grpc")

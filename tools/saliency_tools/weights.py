@@ -1,6 +1,6 @@
 """Finding the pretrained weights: a local file named by SQUEEZENET_WEIGHTS, else torchvision's.
 
-Run as ``python -m saliency_service.weights CACHE_DIR``: prints the path of verified weights.
+Run as ``python -m saliency_tools.weights CACHE_DIR``: prints the path of verified weights.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def sha256_of(path: Path) -> str:
 
 def verify_loadable(path: Path) -> None:
     """A strict load into SqueezeNet 1.1: the file has every tensor of the right shape."""
-    from .model import build_model, load_state_dict
+    from saliency_service.model import build_model, load_state_dict
 
     try:
         build_model(load_state_dict(path))
