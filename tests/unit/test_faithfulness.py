@@ -15,7 +15,6 @@ from saliency_tools.metrics import (
     Interval,
     across_photos,
     auc,
-    average_ranks,
     blur,
     cascading_blocks,
     cascading_randomisation,
@@ -27,10 +26,10 @@ from saliency_tools.metrics import (
     mean_interval,
     paired_difference,
     saliency_order,
-    spearman,
     t_critical,
     t_within,
 )
+from saliency_tools.ranks import spearman
 
 SIDE = 16
 REGION = (slice(0, 4), slice(0, 4))  # the only pixels the synthetic model looks at
@@ -156,25 +155,6 @@ def test_saliency_order_ranks_the_largest_first_and_keeps_ties_in_raster_order()
     ranks = saliency_order(torch.tensor([[[0.1, 0.9], [0.5, 0.5]]]))
     assert ranks.tolist() == [[3, 0, 1, 2]]
     assert saliency_order(torch.zeros(1, 2, 2)).tolist() == [[0, 1, 2, 3]]
-
-
-def test_average_ranks_share_ties() -> None:
-    ranks = average_ranks(torch.tensor([[10.0, 20.0, 20.0, 5.0], [1.0, 1.0, 1.0, 1.0]]))
-    assert ranks.tolist() == [[2.0, 3.5, 3.5, 1.0], [2.5, 2.5, 2.5, 2.5]]
-
-
-def test_spearman_matches_scipy_with_ties_and_is_invariant_to_monotone_maps() -> None:
-    stats = pytest.importorskip("scipy.stats")
-    generator = torch.Generator().manual_seed(5)
-    a = torch.randint(0, 6, (3, 8, 9), generator=generator).float()
-    b = a + torch.randint(0, 4, (3, 8, 9), generator=generator).float()
-    ours = spearman(a, b)
-    for n in range(3):
-        expected = stats.spearmanr(a[n].flatten().numpy(), b[n].flatten().numpy()).statistic
-        assert float(ours[n]) == pytest.approx(expected, abs=1e-10)
-    torch.testing.assert_close(spearman(a, a.exp() * 3), torch.ones(3, dtype=torch.float64))
-    torch.testing.assert_close(spearman(a, -a), -torch.ones(3, dtype=torch.float64))
-    assert torch.isnan(spearman(a[:1], torch.zeros(1, 8, 9))).all()
 
 
 def test_squeezenet_is_randomised_from_the_classifier_down_to_the_first_convolution() -> None:

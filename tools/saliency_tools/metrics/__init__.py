@@ -16,12 +16,10 @@ from .faithfulness import (
 )
 from .randomisation import (
     RandomisationStep,
-    average_ranks,
     cascading_blocks,
     cascading_randomisation,
     cascading_randomisation_many,
     reinitialise,
-    spearman,
 )
 from .statistics import (
     LEVEL,
@@ -42,7 +40,6 @@ __all__ = [
     "RandomisationStep",
     "across_photos",
     "auc",
-    "average_ranks",
     "blur",
     "cascading_blocks",
     "cascading_randomisation",
@@ -55,7 +52,6 @@ __all__ = [
     "paired_difference",
     "reinitialise",
     "saliency_order",
-    "spearman",
     "t_critical",
     "t_within",
 ]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from saliency_tools.ranks import spearman
+
 
 @dataclass(frozen=True)
 class RandomisationStep:
@@ -25,35 +27,6 @@ class RandomisationStep:
     block: str | None
     maps: torch.Tensor  # (N, H, W)
     correlations: torch.Tensor  # (N,) Spearman rank correlation with the trained model's maps
-
-
-def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..M of each row of ``(N, M)`` values, tied values sharing their average rank."""
-    ranks = torch.empty(values.shape, dtype=torch.float64, device=values.device)
-    for n, row in enumerate(values):
-        ordered, order = row.sort(stable=True)
-        _, group, counts = torch.unique_consecutive(
-            ordered, return_inverse=True, return_counts=True
-        )
-        last = counts.cumsum(0).double()  # the 1-based rank of each group's last member
-        ranks[n, order] = (last - (counts.double() - 1) / 2)[group]
-    return ranks
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman rank correlation of each pair of maps: ``(N, ...)`` x ``(N, ...)`` -> ``(N,)``.
-
-    The Pearson correlation of average ranks (ties handled as ``scipy.stats.spearmanr`` does);
-    ``nan`` where a map is constant.
-    """
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} and {b.shape}")
-    ra, rb = (average_ranks(x.flatten(1)) for x in (a, b))
-    ra = ra - ra.mean(dim=1, keepdim=True)
-    rb = rb - rb.mean(dim=1, keepdim=True)
-    denominator = ra.norm(dim=1) * rb.norm(dim=1)
-    correlation = (ra * rb).sum(dim=1) / denominator
-    return torch.where(denominator > 0, correlation, torch.full_like(correlation, float("nan")))
 
 
 def cascading_blocks(model: nn.Module) -> list[str]:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from saliency_tools.ranks import average_ranks
+
 from .faithfulness import Curves
-from .randomisation import average_ranks
 
 LEVEL = 0.95
 
