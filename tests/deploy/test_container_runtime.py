@@ -22,7 +22,8 @@ import requests
 from photos import packaged_photos
 
 from saliency_tools import MODEL_NAME
-from saliency_tools.server import free_port, pid_alive, read_keys
+from saliency_tools.config import KEY_FILE, read_keys
+from saliency_tools.server import free_port, pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
@@ -122,7 +123,7 @@ def test_entrypoint_serves_with_overrides_probes_and_stops_on_sigterm(tmp_path: 
         assert "refused an expired" in live.stdout, live.stdout
 
         # The overrides won: inference answers on the overridden port only.
-        keys = read_keys(home)
+        keys = read_keys(home / KEY_FILE)
         management = f"http://127.0.0.1:{ports['management_address']}"
         renewed = requests.get(
             f"{management}/token?type=inference",
@@ -130,7 +131,7 @@ def test_entrypoint_serves_with_overrides_probes_and_stops_on_sigterm(tmp_path: 
             timeout=10,
         )
         assert renewed.status_code == 200, renewed.text
-        keys = read_keys(home)
+        keys = read_keys(home / KEY_FILE)
         described = requests.get(
             f"{management}/models/{MODEL_NAME}",
             headers={"Authorization": f"Bearer {keys['management']}"},

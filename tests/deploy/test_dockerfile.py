@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from saliency_tools.server import read_properties
+from saliency_tools.config import read_properties
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"

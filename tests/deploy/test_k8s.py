@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from saliency_tools.server import parse_properties
+from saliency_tools.config import parse_properties
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"

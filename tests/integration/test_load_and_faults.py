@@ -300,7 +300,8 @@ def test_request_past_response_timeout_gets_a_prompt_error(fault_server) -> None
 def test_a_full_queue_answers_503_at_once(fault_server) -> None:
     """Beyond job_queue_size waiting requests, TorchServe sheds load instead of queueing."""
     from saliency_tools import MODEL_NAME
-    from saliency_tools.server import http_json, read_properties
+    from saliency_tools.config import read_properties
+    from saliency_tools.server import http_json
 
     server = fault_server
     capacity = int(read_properties(server.config)["job_queue_size"])

@@ -21,7 +21,8 @@ from photos import packaged_photos
 
 from saliency_tools import MODEL_NAME, ROOT
 from saliency_tools import server as torchserve_ctl
-from saliency_tools.server import Server, read_keys, read_properties
+from saliency_tools.config import KEY_FILE, read_keys, read_properties
+from saliency_tools.server import Server
 
 GOOD = packaged_photos()["coffee"]
 PROPERTIES = read_properties(ROOT / "config.properties")
@@ -190,7 +191,7 @@ def test_expired_keys_are_refused_and_the_api_key_issues_new_ones(tmp_path, monk
         for kind in ("management", "inference"):
             rotated = management(server, "GET", f"/token?type={kind}", "api")
             assert rotated.status_code == 200, rotated.text
-        new = read_keys(server.workdir)
+        new = read_keys(server.workdir / KEY_FILE)
         assert new["management"] != old["management"] and new["inference"] != old["inference"]
         assert new["api"] == old["api"]  # the API key itself does not expire
         assert _expiry(server.workdir, "inference") > expires

@@ -22,11 +22,11 @@ import requests
 from photos import packaged_photos
 
 from saliency_tools import MODEL_NAME, ROOT
+from saliency_tools.config import KEY_FILE, read_keys
 from saliency_tools.server import (
     ADDRESS_KEYS,
     free_port,
     pid_alive,
-    read_keys,
     with_absolute_paths,
     with_ports,
 )
@@ -82,7 +82,7 @@ class Checkout:
         ]
 
     def predict(self) -> requests.Response:
-        key = read_keys(self.root)["inference"]
+        key = read_keys(self.root / KEY_FILE)["inference"]
         port = self.ports["inference_address"]
         return requests.post(
             f"http://127.0.0.1:{port}/predictions/{MODEL_NAME}",

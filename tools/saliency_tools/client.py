@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from saliency_tools import MODEL_NAME, ROOT
+from saliency_tools.config import read_keys, read_properties
 
 FALLBACK_URL = "http://127.0.0.1:8080"
 FALLBACK_GRPC_ADDRESS = "127.0.0.1:7070"
@@ -72,7 +73,7 @@ def load_token(key_file: str | Path) -> str:
     """The inference key from the key_file.json that TorchServe writes in its working dir."""
     path = Path(key_file)
     try:
-        return json.loads(path.read_text())["inference"]["key"]
+        return read_keys(path)["inference"]
     except FileNotFoundError:
         raise ServiceError(
             "no_token",
@@ -84,14 +85,9 @@ def load_token(key_file: str | Path) -> str:
 
 def _config_value(config: Path, name: str) -> str | None:
     try:
-        lines = config.read_text().splitlines()
+        return read_properties(config).get(name) or None
     except OSError:
         return None
-    for line in lines:
-        key, _, value = line.partition("=")
-        if key.strip() == name and value.strip():
-            return value.strip()
-    return None
 
 
 def default_url(config: Path = DEFAULT_CONFIG) -> str:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from saliency_tools import MODEL_NAME, ROOT
+from saliency_tools.config import KEY_FILE, parse_properties, read_keys, read_properties
 
 # The same archive registered a second time for expensive explanations (config.properties).
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
@@ -37,21 +38,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def parse_properties(text: str) -> dict[str, str]:
-    """``key=value`` lines of a Java properties text; comments and blank lines skipped."""
-    values = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            values[key.strip()] = value.strip()
-    return values
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    return parse_properties(path.read_text())
 
 
 def registered_models(properties: dict[str, str]) -> list[str]:
@@ -132,15 +118,6 @@ def log4j_config(config_text: str, base_dir: Path) -> Path | None:
     return path if path.is_absolute() else base_dir / path
 
 
-def read_keys(workdir: Path) -> dict[str, str]:
-    """TorchServe's token keys (inference, management, API) from key_file.json."""
-    data = json.loads((workdir / "key_file.json").read_text())
-    return {
-        kind: data[key]["key"]
-        for kind, key in (("inference", "inference"), ("management", "management"), ("api", "API"))
-    }
-
-
 def http_json(url: str, key: str | None = None, timeout: float = 5.0):
     request = urllib.request.Request(url)
     if key:
@@ -172,7 +149,7 @@ def wait_ready(
         if pid is not None and not pid_alive(pid):
             raise RuntimeError(f"TorchServe (pid {pid}) exited during start-up; see its logs")
         try:
-            keys = read_keys(workdir)
+            keys = read_keys(workdir / KEY_FILE)
             described = http_json(f"{management_url}/models/{model}", keys["management"])
             workers = described[0].get("workers", [])
             if any(w.get("status") == "READY" for w in workers):
@@ -278,7 +255,7 @@ class Server:
         except Exception:
             self.stop()
             raise
-        self.keys = read_keys(self.workdir)
+        self.keys = read_keys(self.workdir / KEY_FILE)
         return self
 
     def worker_pids(self, model: str | None = MODEL_NAME) -> list[int]:
