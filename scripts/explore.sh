@@ -6,6 +6,6 @@
 # nginx: on PATH or $NGINX_BIN (Debian/Ubuntu: apt install nginx; macOS: brew install nginx).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-python="$ROOT/.venv/bin/python"
-[[ -x "$python" ]] || python="${PYTHON:-python3}"  # scripts/explore.py needs the standard library only
+python="$ROOT/.venv/bin/python"  # where scripts/setup.sh (run by serve.sh) installed saliency_tools
+[[ -x "$python" ]] || { echo "[explore] no $python: run scripts/serve.sh (or scripts/setup.sh) first" >&2; exit 1; }
 exec "$python" "$ROOT/scripts/explore.py" "$@"
