@@ -1,4 +1,5 @@
-"""scripts/figure.py --before-after: the old rendering rebuilt from the service's own pictures."""
+"""scripts/figure.py: the crop the model saw, decoded by the service's own code, and
+--before-after's old rendering rebuilt from the service's own pictures."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from saliency_service import images
 from saliency_tools import figure
 from saliency_tools.client import ServiceError
 
@@ -50,3 +52,39 @@ def test_before_after_takes_one_image(capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit):
         figure.parse_args(["a.png", "b.png", "--before-after"])
     assert "one image" in capsys.readouterr().err
+
+
+def encoded(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+def test_the_crop_is_upright_by_the_photo_s_exif_orientation() -> None:
+    # Stored 200 x 100, left half red, right half blue; orientation 6: turn it 90 degrees
+    # clockwise to show it, so it stands 100 x 200 with red on top.
+    stored = Image.new("RGB", (200, 100), (255, 0, 0))
+    stored.paste((0, 0, 255), (100, 0, 200, 100))
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    crop = np.asarray(figure.model_crop(encoded(stored, exif=exif), [0, 0, 100, 200], 50))
+    assert crop.shape == (50, 50, 3)
+    assert crop[5, 25].tolist() == [255, 0, 0] and crop[45, 25].tolist() == [0, 0, 255]
+
+
+def test_transparency_is_flattened_on_white_and_the_box_is_cut_out() -> None:
+    image = Image.new("RGBA", (120, 60), (0, 0, 0, 0))  # transparent black on the left
+    image.paste((0, 128, 0, 255), (60, 0, 120, 60))  # opaque green on the right
+    crop = np.asarray(figure.model_crop(encoded(image), [30, 0, 90, 60], 40))
+    assert crop[20, 5].tolist() == [255, 255, 255] and crop[20, 35].tolist() == [0, 128, 0]
+    right = np.asarray(figure.model_crop(encoded(image), [60, 0, 120, 60], 40))
+    assert (right[:, 2:] == [0, 128, 0]).all()  # the filter reaches a pixel past the box
+
+
+def test_a_16_bit_photo_looks_as_the_model_saw_it() -> None:
+    """Mid-grey in 16 bits is mid-grey in the crop, as in the server's own crop (not clipped
+    to white, which a plain 8-bit conversion of the high values would give)."""
+    data = encoded(Image.fromarray(np.full((64, 64), 32768, dtype=np.uint16)))
+    served = images.preprocess(images.decode(data))
+    crop = np.asarray(figure.model_crop(data, list(served.crop_box), 224))
+    assert crop[0, 0].tolist() == np.asarray(served.crop)[0, 0].tolist() == [128, 128, 128]

@@ -2,7 +2,8 @@
 
 Each column shows the 224x224 crop the model saw (the original cut to the answer's crop_box and
 resized), its saliency map from the running squeezenet_saliency server, and a caption with the
-predicted class and its probability. The server is called through scripts/client.py.
+predicted class and its probability. The server is called through saliency_tools.client;
+the crop is decoded by the service's own image code (saliency_service.images).
 
 With --methods, one row per photo instead: the crop, then its map under every explanation method
 (the noisy methods with a fixed --seed, so the figure is reproducible). With --before-after, one
@@ -10,7 +11,7 @@ photo's hot heatmap and overlay as the service drew them before colour clipping 
 single hottest pixel, clip 100, and a constant 0.5 blend, reproduced here from that heatmap) and
 as it draws them now (its defaults: clip at the 99th percentile, opacity following the map).
 IMAGE may be a file or ``skimage:NAME`` (scikit-image's photos, e.g. skimage:chelsea).
---start-server serves the requests with a TorchServe of its own (scripts/torchserve_ctl.py's
+--start-server serves the requests with a TorchServe of its own (saliency_tools.server's
 Server, model_store's archive, production config on free ports) instead of the running one.
 
 Usage:
@@ -40,8 +41,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw
 
+from saliency_service import images
+from saliency_service.errors import RequestError
+from saliency_service.methods import METHODS as REGISTRY
 from saliency_tools.client import (
     SERVER_HINT,
     ServiceError,
@@ -49,6 +53,7 @@ from saliency_tools.client import (
     post_image,
     server_from_args,
 )
+from saliency_tools.drawing import Font, centred, line_box, load_font, text_width
 
 MARGIN = 12  # around the whole figure
 GAP = 8  # between tiles
@@ -57,9 +62,8 @@ LINE_SPACING = 4
 INK = (0, 0, 0)
 MUTED = (90, 90, 90)  # the probability, quieter than the label
 WHITE = (255, 255, 255)
-# The service's methods, in the README's order (kept here: this script needs no torch).
-METHODS = ("vanilla", "gradcam", "smoothgrad", "smoothgrad_sq", "vargrad", "integrated_gradients")
-NOISY = ("smoothgrad", "smoothgrad_sq", "vargrad")  # take a seed
+METHODS = tuple(REGISTRY)  # the service's methods, in its (the README's) order
+NOISY = tuple(name for name, method in REGISTRY.items() if "seed" in method.defaults())
 SKIMAGE = "skimage:"
 # The overlay before it followed the map: the heatmap blended at a constant opacity everywhere.
 OLD_OVERLAY_ALPHA = 0.5
@@ -105,16 +109,13 @@ def method_options(method: str, options: dict[str, Any], seed: int) -> dict[str,
 
 
 def model_crop(image_data: bytes, crop_box: list[int], size: int) -> Image.Image:
-    """The region the model saw, oriented by EXIF and flattened on white like the server does."""
-    with Image.open(io.BytesIO(image_data)) as original:
-        image = ImageOps.exif_transpose(original) or original
-        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (*WHITE, 255)), rgba)
-        image = image.convert("RGB")
-        return image.resize(
-            (size, size), Image.Resampling.BILINEAR, box=tuple(crop_box)
-        )  # as the server
+    """The region the model saw: the image decoded by the server's own code (upright by EXIF,
+    transparency on white, first frame), cut to the answer's ``crop_box`` and resized to
+    ``size`` in one bilinear step."""
+    # The server has accepted these bytes under its own limits: none are applied again here.
+    accepted = images.ImageLimits(max_bytes=len(image_data), max_pixels=sys.maxsize)
+    upright = images.decode(image_data, accepted)
+    return upright.resize((size, size), Image.Resampling.BILINEAR, box=tuple(crop_box))
 
 
 def map_tile(answer: dict, colormap: str, size: int) -> Image.Image:
@@ -130,49 +131,39 @@ def map_tile(answer: dict, colormap: str, size: int) -> Image.Image:
     return tile.resize((size, size), Image.Resampling.BOX if shrink else Image.Resampling.NEAREST)
 
 
-def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: a small fixed bitmap font
-        return ImageFont.load_default()
-
-
-def wrap(text: str, font: Any, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
+def wrap(text: str, font: Font, width: int) -> list[str]:
     """Greedy word wrap to ``width`` pixels (a single over-long word keeps its own line)."""
     lines: list[str] = []
     for word in text.split():
         candidate = f"{lines[-1]} {word}" if lines else word
-        if lines and draw.textlength(candidate, font=font) <= width:
+        if lines and text_width(candidate, font) <= width:
             lines[-1] = candidate
         else:
             lines.append(word)
     return lines or [""]
 
 
-def caption(
-    answer: dict, font: Any, width: int, draw: ImageDraw.ImageDraw
-) -> list[tuple[str, tuple[int, int, int]]]:
+def caption(answer: dict, font: Font, width: int) -> list[tuple[str, tuple[int, int, int]]]:
     """(text, colour) lines: the predicted label, wrapped, then its probability."""
     prediction = answer["prediction"]
-    lines = [(line, INK) for line in wrap(prediction["label"], font, width, draw)]
+    lines = [(line, INK) for line in wrap(prediction["label"], font, width)]
     return [*lines, (f"p = {prediction['probability']:.2f}", MUTED)]
 
 
-def lettering(size: int) -> tuple[Any, ImageDraw.ImageDraw, int, int]:
-    """The captions' font for tiles of ``size``, a scratch canvas to measure text on, the
-    offset of a line's top from where it is drawn, and the distance between lines."""
+def lettering(size: int) -> tuple[Font, int, int]:
+    """The captions' font for tiles of ``size``, the offset of a line's top from where it is
+    drawn, and the distance between lines."""
     font = load_font(max(12, round(size / 14)))
-    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    _, top, _, bottom = scratch.textbbox((0, 0), "Ag", font=font)
-    return font, scratch, top, bottom - top + LINE_SPACING
+    top, height = line_box(font)
+    return font, top, height + LINE_SPACING
 
 
 def compose(
     photos: list[Image.Image], maps: list[Image.Image], answers: list[dict], size: int
 ) -> Image.Image:
     """Photos in the top row, maps below, captions under each column; all on white."""
-    font, scratch, top, line_height = lettering(size)
-    captions = [caption(answer, font, size, scratch) for answer in answers]
+    font, top, line_height = lettering(size)
+    captions = [caption(answer, font, size) for answer in answers]
     caption_height = max(len(lines) for lines in captions) * line_height
     columns = len(photos)
     width = 2 * MARGIN + columns * size + (columns - 1) * GAP
@@ -185,8 +176,7 @@ def compose(
         figure.paste(tile, (x, MARGIN + size + GAP))
         y = MARGIN + 2 * size + GAP + CAPTION_GAP - top
         for text, colour in lines:
-            centred = x + (size - draw.textlength(text, font=font)) / 2
-            draw.text((centred, y), text, fill=colour, font=font)
+            centred(draw, (x + size / 2, y), text, font, colour)
             y += line_height
     return figure
 
@@ -200,8 +190,8 @@ def compose_methods(
 ) -> Image.Image:
     """One row per photo: the crop (its prediction below it), then one map per method; the
     method names head the columns."""
-    font, scratch, top, line_height = lettering(size)
-    captions = [caption(answer, font, size, scratch) for answer in answers]
+    font, top, line_height = lettering(size)
+    captions = [caption(answer, font, size) for answer in answers]
     caption_height = max(len(lines) for lines in captions) * line_height
     row_height = size + CAPTION_GAP + caption_height
     columns = len(titles)
@@ -209,19 +199,15 @@ def compose_methods(
     height = 2 * MARGIN + line_height + CAPTION_GAP + len(photos) * (row_height + GAP) - GAP
     figure = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(figure)
-
-    def centred(text: str, x: int, y: int, colour: tuple[int, int, int]) -> None:
-        draw.text((x + (size - draw.textlength(text, font=font)) / 2, y), text, colour, font)
-
     for column, title in enumerate(titles):
-        centred(title, MARGIN + column * (size + GAP), MARGIN - top, INK)
+        centred(draw, (MARGIN + column * (size + GAP) + size / 2, MARGIN - top), title, font)
     for row, (photo, tiles, lines) in enumerate(zip(photos, maps, captions, strict=True)):
         y = MARGIN + line_height + CAPTION_GAP + row * (row_height + GAP)
         for column, tile in enumerate([photo, *tiles]):
             figure.paste(tile, (MARGIN + column * (size + GAP), y))
         text_y = y + size + CAPTION_GAP - top
         for text, colour in lines:
-            centred(text, MARGIN, text_y, colour)
+            centred(draw, (MARGIN + size / 2, text_y), text, font, colour)
             text_y += line_height
     return figure
 
@@ -256,7 +242,7 @@ def compose_before_after(
     rows: list[tuple[str, list[Image.Image]]], titles: list[str], size: int
 ) -> Image.Image:
     """Column titles on top; each row under its own title line; tiles ``size`` square."""
-    font, _, top, line_height = lettering(size)
+    font, top, line_height = lettering(size)
     columns = len(titles)
     width = 2 * MARGIN + columns * size + (columns - 1) * GAP
     row_height = line_height + CAPTION_GAP + size
@@ -264,8 +250,7 @@ def compose_before_after(
     figure = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(figure)
     for column, title in enumerate(titles):
-        x = MARGIN + column * (size + GAP) + (size - draw.textlength(title, font=font)) / 2
-        draw.text((x, MARGIN - top), title, INK, font)
+        centred(draw, (MARGIN + column * (size + GAP) + size / 2, MARGIN - top), title, font)
     for row, (title, tiles) in enumerate(rows):
         y = MARGIN + line_height + GAP + row * (row_height + GAP)
         draw.text((MARGIN, y - top), title, MUTED, font)
@@ -353,7 +338,7 @@ def main_before_after(args: argparse.Namespace, source: tuple[str, bytes]) -> in
         hint = f"\nhint: {SERVER_HINT}" if exc.code == "unreachable" else ""
         print(f"error: {exc}{hint}", file=sys.stderr)
         return 1
-    except (RuntimeError, TimeoutError, OSError, KeyError) as exc:
+    except (RuntimeError, TimeoutError, OSError, KeyError, RequestError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -405,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             for (_, data), a in zip(sources, answers, strict=True)
         ]
         maps = [[map_tile(a, args.colormap, args.size) for a in row] for row in grid]
-    except (OSError, ServiceError, KeyError) as exc:
+    except (OSError, ServiceError, KeyError, RequestError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
