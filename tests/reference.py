@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torchvision import transforms
 
+RESIZE_CROP = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
 STANDARD_PREPROCESS = transforms.Compose(
     [
-        transforms.Resize(256),
-        transforms.CenterCrop(224),
+        RESIZE_CROP,
         transforms.ToTensor(),
         transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
     ]
@@ -31,19 +31,34 @@ def load_rgb(data: bytes) -> Image.Image:
     return ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
 
 
-def saliency(
-    model: torch.nn.Module, data: bytes, target: int | None = None, objective: str = "score"
-) -> tuple[np.ndarray, int, torch.Tensor]:
-    """(map (224, 224), target class, logits) for one encoded image, cs231n style, in float64."""
-    exact = copy.deepcopy(model).double()
-    x = STANDARD_PREPROCESS(load_rgb(data)).unsqueeze(0).double().requires_grad_(True)
-    logits = exact(x)
-    y = int(logits.argmax()) if target is None else target
+def gradient_map(
+    model: torch.nn.Module, image: torch.Tensor, target: int | None = None, objective: str = "score"
+) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """(map (H, W), target class, logits) of one preprocessed (3, H, W) image, in its dtype.
+
+    Simonyan et al. 2014, section 3.1: a fresh leaf tensor, one forward pass, ``.backward()`` of
+    the class score S_y (``objective="score"``) or of the cross-entropy (``"loss"``), and the
+    maximum over colour channels of |grad|. ``target`` None: the predicted class.
+    """
+    x = image.detach().clone().unsqueeze(0).requires_grad_(True)
+    logits = model(x)
+    y = int(logits.argmax()) if target is None else int(target)
     if objective == "score":
         logits[0, y].backward()
     else:
         F.cross_entropy(logits, torch.tensor([y])).backward()
-    return x.grad[0].abs().max(dim=0).values.float().numpy(), y, logits.detach()[0].float()
+    return x.grad[0].abs().max(dim=0).values, y, logits.detach()[0]
+
+
+def saliency(
+    model: torch.nn.Module, data: bytes, target: int | None = None, objective: str = "score"
+) -> tuple[np.ndarray, int, torch.Tensor]:
+    """(map (224, 224), target class, logits) for one encoded image, cs231n style: computed in
+    float64, returned as float32."""
+    exact = copy.deepcopy(model).double()
+    image = STANDARD_PREPROCESS(load_rgb(data)).double()
+    grad, y, logits = gradient_map(exact, image, target, objective)
+    return grad.float().numpy(), y, logits.float()
 
 
 # A float32 gradient of a max-pooling network is not a continuous function of rounding: where two

@@ -7,6 +7,7 @@ scripts/setup.sh before the tests run (scripts/test.sh, CI).
 from __future__ import annotations
 
 import fnmatch
+import importlib.metadata
 import json
 import re
 import shutil
@@ -150,27 +151,43 @@ def test_runtime_paths_come_from_the_build() -> None:
             assert path in files, f"{path} is not produced by the Dockerfile: {sorted(files)}"
 
 
-def test_base_image_is_the_pinned_official_torchserve_and_user_is_not_root() -> None:
-    text = DOCKERFILE.read_text()
-    assert "ARG BASE_IMAGE=pytorch/torchserve:0.12.0-gpu" in text
-    assert "pytorch/torchserve:0.12.0-cpu" in text  # the documented CPU variant
+def test_base_image_is_the_torchserve_tested_here_and_user_is_not_root() -> None:
+    """Every base image the Dockerfile names (the default and the documented CPU variant) is the
+    official TorchServe image of the version these tests run against."""
+    tested = importlib.metadata.version("torchserve")
+    (default,) = [rest for key, rest in instructions() if key == "ARG" and "BASE_IMAGE=" in rest]
+    named = re.findall(r"pytorch/torchserve:([\w.-]+)", DOCKERFILE.read_text())
+    assert default.startswith("BASE_IMAGE=pytorch/torchserve:") and named
+    assert {tag.split("-")[0] for tag in named} == {tested}, named
+    assert ("FROM", "${BASE_IMAGE}") in instructions()
     users = [rest for key, rest in instructions() if key == "USER"]
     assert users[-1] not in ("root", "0", "0:0")
-    exposed = [rest for key, rest in instructions() if key == "EXPOSE"]
-    assert exposed == ["8080"]
     assert any(key == "HEALTHCHECK" for key, _ in instructions())
+
+
+# Settings whose production values tests/integration/test_security.py and test_bad_input.py
+# show on a real server: the image must inherit them from config.properties unchanged.
+PROTECTIONS = {
+    "disable_token_authorization",
+    "enable_model_api",
+    "enable_envvars_config",
+    "token_expiration_min",
+    "max_request_size",
+    "allowed_urls",
+    "install_py_dep_per_model",
+}
 
 
 def test_container_config_exposes_inference_only_and_keeps_the_protections() -> None:
     """The image's config: the repository's config.properties + container.properties."""
-    config = read_properties(ROOT / "config.properties") | read_properties(CONTAINER_PROPERTIES)
-    assert config["inference_address"] == "http://0.0.0.0:8080"
-    assert config["management_address"].startswith("http://127.0.0.1:")
-    assert config["metrics_address"].startswith("http://127.0.0.1:")
-    assert config["grpc_inference_address"] == config["grpc_management_address"] == "127.0.0.1"
-    assert config["disable_token_authorization"] == "false"
-    assert config["enable_model_api"] == "false"
-    assert config["metrics_mode"] == "prometheus"
-    assert config["metrics_config"] == "/opt/saliency/metrics.yaml"
-    assert config["model_store"] == "/opt/saliency/model-store"
-    assert "/opt/saliency/metrics.yaml" in image_files()
+    overrides = read_properties(CONTAINER_PROPERTIES)
+    config = read_properties(ROOT / "config.properties") | overrides
+    assert not PROTECTIONS & set(overrides), sorted(PROTECTIONS & set(overrides))
+    addresses = {key: value for key, value in config.items() if key.endswith("_address")}
+    public = {key for key, value in addresses.items() if "127.0.0.1" not in value}
+    assert public == {"inference_address"}, addresses
+    exposed = [rest for key, rest in instructions() if key == "EXPOSE"]
+    assert exposed == [config["inference_address"].rsplit(":", 1)[1]]
+    files = image_files()
+    assert config["metrics_config"] in files
+    assert f"{config['model_store']}/squeezenet_saliency.mar" in files

@@ -8,6 +8,7 @@ shipped metrics.yaml, without a server.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -15,10 +16,12 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
+import saliency_handler
 from saliency_handler import BATCH_SIZE, ERRORS, STAGE_SECONDS, SaliencyHandler
-from saliency_service.pipeline import BatchReport
+from saliency_service.pipeline import Answer, BatchReport
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS_YAML = ROOT / "handler" / "metrics.yaml"
@@ -80,7 +83,36 @@ def test_stages_that_did_not_run_are_not_observed(caplog) -> None:
     assert len(stages) == 1 and "Stage:decode" in stages[0]
 
 
-def test_metrics_never_fail_a_request(caplog) -> None:
-    broken = SimpleNamespace(metrics=object(), model_name="squeezenet_saliency")
-    SaliencyHandler._record(broken, BatchReport(size=1))  # logs a warning, raises nothing
-    SaliencyHandler._record(SimpleNamespace(), BatchReport(size=1))
+class RefusingService:
+    """Stands in for the service: refuses every row, as a batch of bad requests gets."""
+
+    def __init__(self) -> None:
+        self.last_report = BatchReport()
+
+    def handle_batch(self, rows: list) -> list[Answer]:
+        self.last_report = BatchReport(size=len(rows), error_codes=["empty_body"] * len(rows))
+        return [Answer(400, {"error": {"code": "empty_body", "message": "no image"}})] * len(rows)
+
+
+def test_metrics_never_fail_a_request(caplog, monkeypatch) -> None:
+    """A metrics cache that throws costs one warning per worker, never an answer."""
+    monkeypatch.setattr(saliency_handler, "_warned", set())  # warnings of earlier tests
+    handler = SaliencyHandler()
+    handler.service = RefusingService()
+    context = Context("squeezenet_saliency", ".", {}, 2, None, "0.12.0", metrics=object())
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            context.request_processor = [RequestProcessor({}), RequestProcessor({})]
+            bodies = handler.handle([{"body": b""}, {"body": b""}], context)
+            assert [json.loads(body)["error"]["code"] for body in bodies] == ["empty_body"] * 2
+            assert [context.get_response_status(i)[0] for i in range(2)] == [400, 400]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == ["could not record metrics"]
+    assert warnings[0].exc_info is not None  # with the cause
+
+
+def test_a_context_without_metrics_records_nothing_silently(caplog, monkeypatch) -> None:
+    monkeypatch.setattr(saliency_handler, "_warned", set())
+    with caplog.at_level(logging.INFO):
+        SaliencyHandler._record(SimpleNamespace(), BatchReport(size=1))
+    assert not caplog.records

@@ -1,4 +1,4 @@
-"""Vanilla gradient saliency against a naive per-image reference written here.
+"""Vanilla gradient saliency against the naive per-image reference (tests/reference.py).
 
 The reference is the textbook recipe (Simonyan et al. 2014, section 3.1) for one image at a time:
 a fresh leaf tensor, one forward pass, ``.backward()`` of S_y or of the cross-entropy, and the
@@ -21,9 +21,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from torchvision import transforms
+from reference import STANDARD_PREPROCESS, gradient_map
 
 from saliency_service.attribution import (
     PREDICTED,
@@ -34,29 +33,6 @@ from saliency_service.attribution import (
     vanilla_saliency,
 )
 from saliency_service.attribution.objectives import resolve_targets
-
-STANDARD = transforms.Compose(
-    [
-        transforms.Resize(256),
-        transforms.CenterCrop(224),
-        transforms.ToTensor(),
-        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-    ]
-)
-
-
-def reference_map(
-    model: torch.nn.Module, image: torch.Tensor, target: int | None, objective: str
-) -> tuple[torch.Tensor, int]:
-    """(H, W) saliency map of one (3, H, W) image and the class it explains, the naive way."""
-    x = image.detach().clone().requires_grad_()
-    logits = model(x[None])
-    y = int(logits.argmax()) if target is None else int(target)
-    score = objective == "score"
-    value = logits[0, y] if score else F.cross_entropy(logits, torch.tensor([y]))
-    value.backward()
-    return x.grad.abs().max(dim=0).values, y
-
 
 RTOL = 1e-9
 
@@ -77,7 +53,7 @@ def model(exact_model: torch.nn.Module) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def batch(chelsea: np.ndarray, coffee: np.ndarray) -> torch.Tensor:
     """Four (3, 224, 224) float64 inputs: two real photos and two seeded noise images."""
-    photos = [STANDARD(Image.fromarray(array)) for array in (chelsea, coffee)]
+    photos = [STANDARD_PREPROCESS(Image.fromarray(array)) for array in (chelsea, coffee)]
     noise = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(7))
     return torch.cat([torch.stack(photos), noise]).double()
 
@@ -102,7 +78,7 @@ def explicit_targets(logits: torch.Tensor) -> list[int]:
 
 def check_against_reference(model, batch, result, targets, objectives) -> None:
     for i in range(batch.shape[0]):
-        expected, y = reference_map(model, batch[i], targets[i], objectives[i])
+        expected, y, _ = gradient_map(model, batch[i], targets[i], objectives[i])
         assert int(result.targets[i]) == y, f"image {i}"
         assert_maps_close(result.maps[i], expected)
 
@@ -139,11 +115,11 @@ def test_mixed_batch_matches_reference(model, batch, explicit_targets) -> None:
 def test_tolerance_discriminates(model, batch, explicit_targets) -> None:
     """The comparison above would notice another target, objective or image, or a 1e-7 scale."""
     result = vanilla_saliency(model, batch[:2], objectives="score")
-    own, _ = reference_map(model, batch[0], None, "score")
+    own = gradient_map(model, batch[0], None, "score")[0]
     others = [
-        reference_map(model, batch[0], explicit_targets[0], "score")[0],  # other class
-        reference_map(model, batch[0], None, "loss")[0],  # other objective
-        reference_map(model, batch[1], None, "score")[0],  # other image
+        gradient_map(model, batch[0], explicit_targets[0], "score")[0],  # other class
+        gradient_map(model, batch[0], None, "loss")[0],  # other objective
+        gradient_map(model, batch[1], None, "score")[0],  # other image
         own * (1 + 1e-7),  # a tiny scale error
     ]
     assert_maps_close(result.maps[0], own)

@@ -1,4 +1,9 @@
-"""Request rows as TorchServe hands them over: raw, JSON, JSON sent as bytes, multipart."""
+"""Request rows as TorchServe hands them over: raw, JSON, JSON sent as bytes, multipart.
+
+Bad requests are the shared matrix of tests/bad_inputs.py, answered here by the in-process
+service (``SaliencyService.handle_batch``) and in tests/integration/test_bad_input.py by the real
+TorchServe.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,14 @@ import string
 from typing import Any
 
 import pytest
+from bad_inputs import BAD_REQUESTS, ROW_ONLY, BadRequest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from saliency_service.errors import RequestError
 from saliency_service.labels import Labels, torchvision_categories
 from saliency_service.parsing import Options, RequestLimits, SaliencyRequest, parse_request
+from saliency_service.pipeline import Answer, SaliencyService
 
 IMAGE = bytes(range(256)) * 3 + b"\xfb\xff\xfe"  # opaque bytes: parsing does not decode images
 B64 = base64.b64encode(IMAGE).decode("ascii")
@@ -94,21 +101,6 @@ def test_multipart_strings_are_coerced(labels) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["target", "objective", "colormap", "overlay", "method", "samples"]
-)
-def test_map_options_are_refused_without_a_map(labels, name) -> None:
-    """saliency=false makes no map: an option that shapes the map would be silently dropped."""
-    values = {"target": "281", "objective": "loss", "colormap": "hot", "overlay": "true"}
-    values |= {"method": "vargrad", "samples": "3"}
-    row = {"image": bytearray(IMAGE), "saliency": bytearray(b"false")}
-    row[name] = bytearray(values[name].encode())
-    if name == "samples":
-        row["method"] = bytearray(b"vargrad")
-    error = refused(row, labels)
-    assert (error.code, error.status) == ("invalid_option", 400)
-
-
-@pytest.mark.parametrize(
     "body",
     [
         json.dumps({"image": B64, "topk": 2}).encode("utf-8-sig"),
@@ -126,17 +118,6 @@ def test_one_rule_for_booleans_in_json_and_forms(labels, value, expected) -> Non
     as_json = parse_request({"body": {"image": B64, "overlay": value}}, labels).options
     as_form = {"image": bytearray(IMAGE), "overlay": bytearray(str(value).encode())}
     assert as_json.overlay == parse_request(as_form, labels).options.overlay == expected
-
-
-@pytest.mark.parametrize(
-    "target",
-    ["-0", "-5", "1" * 4000, 10**400, -(10**30)],
-    ids=["-0", "-5", "4000 digits", "10**400", "-10**30"],
-)
-def test_signed_or_huge_targets_are_refused_briefly(labels, target) -> None:
-    error = refused({"body": {"image": B64, "target": target}}, labels)
-    assert (error.code, error.status) == ("invalid_option", 400)
-    assert len(error.message) < 120
 
 
 @pytest.mark.parametrize(
@@ -189,12 +170,6 @@ def test_base64_premise_uses_both_alphabets() -> None:
     assert base64.urlsafe_b64encode(IMAGE).decode() != B64
 
 
-@pytest.mark.parametrize("encoded", ["not base64!!", "abc$defg", "QUJD" + "Q", "QUJDé", "////\x00"])
-def test_invalid_base64(labels, encoded) -> None:
-    error = refused({"body": {"image": encoded}}, labels)
-    assert (error.code, error.status) == ("invalid_base64", 400)
-
-
 def test_base64_over_the_byte_limit(labels) -> None:
     limits = RequestLimits(max_image_bytes=len(IMAGE))
     assert parse_request({"body": {"image": B64}}, labels, limits).image == IMAGE
@@ -203,132 +178,41 @@ def test_base64_over_the_byte_limit(labels) -> None:
     assert (error.code, error.status) == ("payload_too_large", 413)
 
 
-# --- malformed bodies --------------------------------------------------------------------------
+# --- bad requests: the shared matrix ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        b'{"image": ',
-        b"{not json}",
-        b'{"image": "QUJD",}',
-        '{"image": 1',
-        b'{"image": "\xff\xfe"}',
-        b"[1, 2, 3]",
-        b'["image"]',
-        [1, 2, 3],
-        "[]",
-        42,
-    ],
-)
-def test_invalid_json(labels, body) -> None:
-    error = refused({"body": body}, labels)
-    assert (error.code, error.status) == ("invalid_json", 400)
+@pytest.fixture(scope="module")
+def service(model, labels) -> SaliencyService:
+    """Production limits (the defaults); bad requests never reach the model."""
+    return SaliencyService(model, labels, "cpu")
 
 
-@pytest.mark.parametrize("row", [{}, {"body": b""}, {"body": bytearray()}, {"body": None}])
-def test_empty_body(labels, row) -> None:
-    assert refused(row, labels).code == "empty_body"
+def assert_error(answer: Answer, status: int, code: str) -> str:
+    """The answer is the service's error of this status and code; returns its message."""
+    assert answer.status == status, answer.body
+    assert set(answer.body) == {"error"} and set(answer.body["error"]) == {"code", "message"}
+    assert answer.body["error"]["code"] == code, answer.body
+    message = answer.body["error"]["message"]
+    assert isinstance(message, str) and message.strip()
+    return message
 
 
-def test_blank_text_body_is_empty(labels) -> None:
-    assert refused({"body": "  \n"}, labels).code == "empty_body"
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=str)
+def test_bad_requests_get_their_status_and_code(service, case: BadRequest) -> None:
+    (answer,) = service.handle_batch([case.row()])
+    message = assert_error(answer, case.status, case.code)
+    assert all(text in message for text in case.says), message
+    assert len(message) < case.max_message
 
 
-def test_text_that_is_not_json_is_not_an_image(labels) -> None:
-    assert refused({"body": "hello"}, labels).code == "invalid_image"
-
-
-@pytest.mark.parametrize(
-    "row",
-    [
-        {"body": {"target": 3}},
-        {"body": {"image": ""}},
-        {"body": {"image": " \n "}},
-        {"target": bytearray(b"3"), "topk": bytearray(b"2")},
-        {"image": bytearray(), "topk": bytearray(b"2")},
-    ],
-)
-def test_missing_image(labels, row) -> None:
-    assert refused(row, labels).code == "missing_image"
-
-
-def test_image_must_be_a_base64_string(labels) -> None:
-    error = refused({"body": {"image": [1, 2]}}, labels)
-    assert error.code == "invalid_option"
-
-
-def test_two_image_fields(labels) -> None:
-    error = refused({"image": bytearray(IMAGE), "data": bytearray(IMAGE)}, labels)
-    assert error.code == "invalid_option"
+@pytest.mark.parametrize("name", sorted(ROW_ONLY))
+def test_rows_no_http_request_makes_are_refused_too(service, name) -> None:
+    row, status, code = ROW_ONLY[name]
+    (answer,) = service.handle_batch([row])
+    assert_error(answer, status, code)
 
 
 # --- options -------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "row",
-    [
-        {"body": {"image": B64, "foo": 1}},
-        {"body": {"image": B64, "topk": 3, "Target": 3}},
-        {"image": bytearray(IMAGE), "colour": bytearray(b"hot")},
-    ],
-)
-def test_unknown_option(labels, row) -> None:
-    error = refused(row, labels)
-    assert error.code == "unknown_option"
-    fields = row.get("body", row)
-    unknown = next(k for k in fields if k not in (*OPTIONS, "image"))
-    assert repr(unknown) in error.message
-    assert "topk" in error.message  # the known options are listed
-
-
-@pytest.mark.parametrize(
-    ("name", "value"),
-    [
-        ("topk", 0),
-        ("topk", 21),
-        ("topk", -3),
-        ("topk", "abc"),
-        ("topk", True),
-        ("topk", 2.5),
-        ("topk", None),
-        ("topk", [3]),
-        ("target", 1000),
-        ("target", -1),
-        ("target", True),
-        ("target", 3.5),
-        ("target", "1000"),
-        ("target", "-1"),
-        ("target", ""),
-        ("target", [281]),
-        ("target", {"index": 281}),
-        ("objective", "foo"),
-        ("objective", 1),
-        ("objective", None),
-        ("colormap", "jet"),
-        ("colormap", ""),
-        ("overlay", "maybe"),
-        ("overlay", None),
-        ("saliency", "maybe"),
-        ("saliency", [True]),
-    ],
-)
-def test_invalid_option_values(labels, name, value) -> None:
-    error = refused({"body": {"image": B64, name: value}}, labels)
-    assert (error.code, error.status) == ("invalid_option", 400)
-    assert repr(name) in error.message
-
-
-@pytest.mark.parametrize(("name", "value"), [("topk", "0"), ("topk", "x"), ("overlay", "maybe")])
-def test_invalid_multipart_values(labels, name, value) -> None:
-    row = {"image": bytearray(IMAGE), name: bytearray(value.encode())}
-    assert refused(row, labels).code == "invalid_option"
-
-
-def test_non_utf8_multipart_value(labels) -> None:
-    row = {"image": bytearray(IMAGE), "colormap": bytearray(b"\xff\xfe")}
-    assert refused(row, labels).code == "invalid_option"
 
 
 def test_topk_bounds_follow_the_limits(labels) -> None:
@@ -336,29 +220,6 @@ def test_topk_bounds_follow_the_limits(labels) -> None:
     assert parse_request({"body": {"image": B64, "topk": 3}}, labels, limits).options.topk == 3
     assert refused({"body": {"image": B64, "topk": 4}}, labels, limits).code == "invalid_option"
     assert parse_request({"body": {"image": B64, "topk": 20}}, labels).options.topk == 20
-
-
-@pytest.mark.parametrize(
-    ("name", "value", "code"),
-    [
-        ("topk", "+-5", "invalid_option"),
-        ("topk", "--3", "invalid_option"),
-        ("topk", "\u00b2", "invalid_option"),  # a superscript 2: isdigit() but not int()
-        ("topk", "9" * 5000, "invalid_option"),  # past int()'s digit limit
-        ("target", "-+3", "unknown_label"),  # neither a number nor a name
-    ],
-)
-def test_malformed_numbers_are_refused(labels, name, value, code) -> None:
-    assert refused({"body": {"image": B64, name: value}}, labels).code == code
-
-
-def test_deeply_nested_json_is_invalid_json(labels) -> None:
-    assert refused({"body": b"[" * 100_000}, labels).code == "invalid_json"
-
-
-def test_huge_integer_noise_is_an_invalid_option(labels) -> None:
-    body = json.dumps({"image": B64, "method": "smoothgrad", "noise": 10**400}).encode()
-    assert refused({"body": body}, labels).code == "invalid_option"
 
 
 # --- labels -------------------------------------------------------------------------------------
@@ -385,39 +246,13 @@ def test_target_by_name_or_index(labels, label, index) -> None:
 
 
 def test_torchvision_names_premises(labels) -> None:
-    """What the ambiguity tests below rely on about torchvision's names."""
+    """What the label cases of tests/bad_inputs.py rely on about torchvision's names."""
     names = torchvision_categories()
     assert len(names) == 1000
     assert (names[134], names[517]) == ("crane bird", "crane")
     assert (names[264], names[474]) == ("Cardigan", "cardigan")
     assert (names[638], names[639]) == ("maillot", "maillot tank suit")
     assert labels[207] == "golden retriever"
-
-
-@pytest.mark.parametrize(
-    ("label", "indices"),
-    [
-        ("crane", [134, 517]),
-        ("cardigan", [264, 474]),
-        ("Cardigan", [264, 474]),
-        ("maillot", [638, 639]),
-    ],
-)
-def test_ambiguous_labels(labels, label, indices) -> None:
-    for row in (
-        {"body": {"image": B64, "target": label}},
-        {"image": bytearray(IMAGE), "target": bytearray(label.encode())},
-    ):
-        error = refused(row, labels)
-        assert (error.code, error.status) == ("ambiguous_label", 400)
-        assert str(indices) in error.message
-
-
-@pytest.mark.parametrize("label", ["unicorn", "golden", "retriever golden", "tabby cat"])
-def test_unknown_labels(labels, label) -> None:
-    error = refused({"body": {"image": B64, "target": label}}, labels)
-    assert (error.code, error.status) == ("unknown_label", 400)
-    assert repr(label) in error.message
 
 
 def test_labels_need_1000_names() -> None:

@@ -1,7 +1,8 @@
 """The service end to end without a server: request rows in, (status, JSON body) out.
 
-Expectations come from a naive reference written here (torchvision's stock transform, one image
-at a time, ``.backward()``) on the same seeded random-init model, never from the service's code.
+Expectations come from the naive reference of tests/reference.py (torchvision's stock transform,
+one image at a time, ``.backward()``, float64) on the same seeded random-init model, never from
+the service's code.
 """
 
 from __future__ import annotations
@@ -14,37 +15,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import reference
 import torch
-import torch.nn.functional as F
+from bad_inputs import by_name
 from PIL import Image
-from torchvision import transforms
 
 from saliency_service import pipeline
 from saliency_service.pipeline import Answer, SaliencyService
-
-RESIZE_CROP = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
-TO_INPUT = transforms.Compose(
-    [
-        transforms.ToTensor(),
-        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-    ]
-)
-
-
-class Reference:
-    """What one image alone should give: crop, logits, target and map, the textbook way."""
-
-    def __init__(self, model, data: bytes, target: int | None = None, objective: str = "score"):
-        self.crop = RESIZE_CROP(Image.open(io.BytesIO(data)).convert("RGB"))
-        x = TO_INPUT(self.crop).to(next(model.parameters()).dtype).requires_grad_()
-        logits = model(x[None])
-        self.target = int(logits.argmax()) if target is None else target
-        if objective == "score":
-            logits[0, self.target].backward()
-        else:
-            F.cross_entropy(logits, torch.tensor([self.target])).backward()
-        self.logits = logits.detach()[0]
-        self.map = x.grad.abs().max(dim=0).values.numpy()
 
 
 def decode_png(encoded: str) -> np.ndarray:
@@ -84,10 +61,10 @@ def good_rows(chelsea_png, coffee_png, chelsea_jpeg) -> list[dict[str, Any]]:
     ]
 
 
-BAD_ROWS = {
-    "invalid_option": {"body": {"image": "QUJD", "topk": 0}},
-    "invalid_image": {"body": b"\x89PNG\r\n\x1a\nthis is not really a png"},
-    "ambiguous_label": {"body": {"image": "QUJD", "target": "crane"}},
+BAD_ROWS = {  # from the shared matrix, tests/bad_inputs.py
+    "invalid_option": by_name("json topk=0").row(),
+    "invalid_image": by_name("png signature then junk").row(),
+    "ambiguous_label": by_name("json target='crane'").row(),
 }
 
 
@@ -169,11 +146,11 @@ def test_answers_match_the_reference(
     position = rows.index(row)
     data = row.get("image") or row["body"]
     data = base64.b64decode(data["image"]) if isinstance(data, dict) else bytes(data)
-    reference = Reference(model, data, target, objective)
+    expected_map, expected_target, logits = reference.saliency(model, data, target, objective)
     body = answers[position].body
 
     # classification
-    probabilities = torch.softmax(reference.logits, dim=0)
+    probabilities = torch.softmax(logits, dim=0)
     expected_top = probabilities.topk(topk)
     assert [c["index"] for c in body["topk"]] == expected_top.indices.tolist()
     for entry, p in zip(body["topk"], expected_top.values.tolist(), strict=True):
@@ -182,9 +159,9 @@ def test_answers_match_the_reference(
     assert body["prediction"] == body["topk"][0]
 
     # what the map explains
-    assert body["target"]["index"] == reference.target
-    assert body["target"]["label"] == labels.names[reference.target]
-    assert body["target"]["score"] == pytest.approx(float(reference.logits[reference.target]), 1e-4)
+    assert body["target"]["index"] == expected_target
+    assert body["target"]["label"] == labels.names[expected_target]
+    assert body["target"]["score"] == pytest.approx(float(logits[expected_target]), 1e-4)
 
     # the map: s = pixel / 255 * max, within half a level (+ float32 slack) of the reference
     saliency = body["saliency"]
@@ -193,11 +170,11 @@ def test_answers_match_the_reference(
     assert saliency["method"] == "vanilla"
     peak = saliency["max"]
     assert peak > 0, "an all-zero map would make the comparison vacuous"
-    assert peak == pytest.approx(float(reference.map.max()), rel=1e-4)
+    assert peak == pytest.approx(float(expected_map.max()), rel=1e-4)
     pixels = decode_png(saliency["png"])
     assert pixels.shape == (224, 224) and pixels.dtype == np.uint8
     recovered = pixels / 255.0 * peak
-    assert np.abs(recovered - reference.map).max() <= peak / 510 + 1e-5 * peak
+    assert np.abs(recovered - expected_map).max() <= peak / 510 + 1e-5 * peak
 
 
 def test_crop_box_is_reported(mixed_batch) -> None:
@@ -216,8 +193,8 @@ def test_classification_only_has_no_pictures(model, coffee_png, mixed_batch) -> 
     body = answers[5].body
     assert {"saliency", "heatmap", "overlay", "target"}.isdisjoint(body)
     assert len(body["topk"]) == 1
-    reference = Reference(model, coffee_png)
-    assert body["prediction"]["index"] == reference.target
+    _, predicted, _ = reference.saliency(model, coffee_png)
+    assert body["prediction"]["index"] == predicted
 
 
 def test_batch_without_any_saliency(service, model, chelsea_png, coffee_png) -> None:
@@ -229,10 +206,8 @@ def test_batch_without_any_saliency(service, model, chelsea_png, coffee_png) -> 
     assert [a.status for a in answers] == [200, 200]
     for answer, data in zip(answers, (chelsea_png, coffee_png), strict=True):
         assert "saliency" not in answer.body
-        with torch.no_grad():
-            crop = RESIZE_CROP(Image.open(io.BytesIO(data)).convert("RGB"))
-            logits = model(TO_INPUT(crop)[None].double())
-        assert answer.body["prediction"]["index"] == int(logits.argmax())
+        _, predicted, _ = reference.saliency(model, data)
+        assert answer.body["prediction"]["index"] == predicted
     assert len(answers[1].body["topk"]) == 2
 
 
@@ -257,7 +232,7 @@ def test_heatmap_and_overlay(mixed_batch) -> None:
     assert (heat == 255).all(axis=2).mean() == pytest.approx(0.01, abs=0.003)
     # the overlay: the crop (the picture the model saw), the heatmap laid over it as opaque as
     # the clipped map is high (the heatmap's blue channel is 0 until its top third: use red)
-    crop = np.asarray(RESIZE_CROP(Image.open(io.BytesIO(bytes(rows[3]["image"])))), dtype=float)
+    crop = np.asarray(reference.RESIZE_CROP(reference.load_rgb(bytes(rows[3]["image"]))), float)
     alpha = body["overlay"]["alpha"]
     assert alpha == 0.7
     level = heat[..., :1] / 255 * 0.365079  # hot's red rises over the first 36.5% of the levels
@@ -276,7 +251,7 @@ def test_gray_overlay_without_heatmap(service, chelsea_png) -> None:
     gray = decode_png(answer.body["saliency"]["png"]).astype(float)
     over = decode_png(answer.body["overlay"]["png"]).astype(float)
     assert over.shape == (224, 224, 3)
-    crop = np.asarray(RESIZE_CROP(Image.open(io.BytesIO(chelsea_png)).convert("RGB")), dtype=float)
+    crop = np.asarray(reference.RESIZE_CROP(reference.load_rgb(chelsea_png)), dtype=float)
     # gray colormap: the display level is the colour; opacity 0.7 x level / 255
     level = np.clip(gray / np.percentile(gray, 99), 0, 1)[..., None]
     expected = (1 - 0.7 * level) * crop + 0.7 * level * (level * 255)

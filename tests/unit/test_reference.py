@@ -1,10 +1,12 @@
-"""The tests' own yardstick for "the same map up to float32 rounding" can fail."""
+"""The tests' own yardsticks: the naive gradient map is the textbook one, and "the same map up to
+float32 rounding" can fail."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import reference
+import torch
 
 
 @pytest.fixture()
@@ -30,3 +32,30 @@ def test_rounding_sized_differences_agree(a_map) -> None:
 def test_real_differences_do_not(a_map, change) -> None:
     with pytest.raises(AssertionError):
         reference.assert_maps_agree(a_map, change(a_map), 255)
+
+
+def test_gradient_map_of_a_linear_model_is_its_weights() -> None:
+    """For logits = W x + b the gradients have a closed form: W[y] for the score S_y, and
+    sum_k (softmax_k - [k = y]) W[k] for the cross-entropy."""
+    generator = torch.Generator().manual_seed(5)
+    linear = torch.nn.Linear(3 * 4 * 5, 7).double()
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(7, 60, generator=generator, dtype=torch.float64))
+    model = torch.nn.Sequential(torch.nn.Flatten(), linear)
+    image = torch.randn(3, 4, 5, generator=generator, dtype=torch.float64)
+    weights = linear.weight.detach()
+    logits = linear(image.flatten()).detach()
+    probabilities = torch.softmax(logits, 0)
+
+    def expected(gradient: torch.Tensor) -> torch.Tensor:
+        return gradient.view(3, 4, 5).abs().max(dim=0).values
+
+    for target in (None, 2):
+        y = int(logits.argmax()) if target is None else target
+        grad, got_y, got_logits = reference.gradient_map(model, image, target, "score")
+        assert got_y == y
+        torch.testing.assert_close(got_logits, logits)
+        torch.testing.assert_close(grad, expected(weights[y]))
+        loss_gradient = (probabilities - torch.eye(7, dtype=torch.float64)[y]) @ weights
+        grad, _, _ = reference.gradient_map(model, image, target, "loss")
+        torch.testing.assert_close(grad, expected(loss_gradient))
