@@ -25,7 +25,7 @@ class PassGradients:
 
 
 def input_gradients(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     inputs: torch.Tensor,
     objective: Callable[[torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,6 +36,8 @@ def input_gradients(
     model
         A classifier in eval mode. Its parameters should be frozen (``requires_grad_(False)``) so
         that no weight gradient is computed or accumulated; the result is the same either way.
+        Any function of the batch computed by such modules will do, e.g. one that gives only the
+        values to differentiate (``heads.TargetScores``, with an identity ``objective``).
     inputs
         ``(N, C, H, W)``. May be an inference tensor.
     objective
@@ -53,7 +55,7 @@ def input_gradients(
 
 
 def pass_gradients(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     inputs: torch.Tensor,
     objective: Callable[[torch.Tensor], torch.Tensor],
     layer: nn.Module | None = None,

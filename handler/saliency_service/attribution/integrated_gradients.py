@@ -25,7 +25,7 @@ from torch import nn
 
 from .objectives import BatchObjective, resolve_targets
 from .result import SaliencyResult
-from .sampled import run_samplers
+from .sampled import memory_format_of, run_samplers
 
 DEFAULT_STEPS = 32
 
@@ -100,11 +100,18 @@ def integrated_gradients(
     if len(counts) != size or any(isinstance(c, bool) or c < 1 for c in counts):
         raise ValueError(f"steps must be {size} integers >= 1, got {counts}")
     BatchObjective(names, targets, size)  # validates objective names and the number of targets
-    baselines = torch.broadcast_to(baselines.to(inputs), inputs.shape)
+    baselines = baselines.to(inputs)
+    shared = baselines.dim() < inputs.dim() or baselines.shape[0] == 1  # one image for all
+    baselines = torch.broadcast_to(baselines, inputs.shape)
 
     with torch.no_grad():
         logits = model(inputs)
-        baseline_logits = model(baselines)
+        layout = memory_format_of(model)
+        if shared:  # f(x') once
+            baseline_logits = model(baselines[:1].contiguous(memory_format=layout))
+            baseline_logits = baseline_logits.expand(size, -1)
+        else:
+            baseline_logits = model(baselines.contiguous(memory_format=layout))
     resolved = resolve_targets(logits, targets)
     paths = [PathPoints(inputs[n], baselines[n], counts[n]) for n in range(size)]
     run_samplers(model, paths, resolved, names, chunk_size)

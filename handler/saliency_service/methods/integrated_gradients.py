@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..attribution.integrated_gradients import DEFAULT_STEPS, PathPoints, convergence_deltas
-from ..attribution.sampled import Sampler
+from ..attribution.sampled import Sampler, memory_format_of
 from .base import ExplainContext, Job, SampledMethod, Settings
 from .options import ChoiceOption, IntegerOption
 
@@ -46,13 +46,27 @@ class IntegratedGradients(SampledMethod):
         targets: torch.Tensor,
     ) -> list[tuple[torch.Tensor, dict[str, Any]]]:
         paths: list[PathPoints] = list(samplers)  # type: ignore[arg-type]  # made by sampler()
-        with torch.no_grad():  # f(x') for the deltas: one forward of every baseline
-            baseline_logits = model(torch.stack([path.baseline for path in paths]))
+        baseline_logits = _baseline_logits(model, jobs, paths)
         attributions = torch.stack([path.attributions() for path in paths])
         objectives = [job.objective for job in jobs]
         deltas = convergence_deltas(attributions, logits, baseline_logits, targets, objectives)
         maps = attributions.sum(dim=1).abs()
         return [(maps[n], {"delta": float(deltas[n])}) for n in range(len(paths))]
+
+
+def _baseline_logits(
+    model: nn.Module, jobs: Sequence[Job], paths: Sequence[PathPoints]
+) -> torch.Tensor:
+    """f(x') of every job for the deltas, from one forward pass of each *distinct* baseline: the
+    baselines of a batch depend on the setting only (its images share a shape), so all "zero"
+    baselines are one image, as are all "black" ones."""
+    keys = [(job.settings["baseline"], tuple(job.inputs.shape)) for job in jobs]
+    distinct = list(dict.fromkeys(keys))
+    first = [paths[keys.index(key)].baseline for key in distinct]
+    with torch.no_grad():
+        batch = torch.stack(first).contiguous(memory_format=memory_format_of(model))
+        logits = model(batch)
+    return logits[[distinct.index(key) for key in keys]]
 
 
 def _baseline(job: Job, context: ExplainContext) -> torch.Tensor:
