@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from saliency_tools import MODEL_NAME, ROOT
+from saliency_tools import MAR
 from saliency_tools.archive import stale_files
 from saliency_tools.server import Server
-
-MAR = ROOT / "model_store" / f"{MODEL_NAME}.mar"
 
 TESTS = Path(__file__).resolve().parent
 TIERS = {"integration": "server", "deploy": "deploy", "browser": "browser"}

@@ -1,15 +1,14 @@
-"""Helpers of the robustness tests (bad input, batches, load, faults, security).
+"""Helpers of the robustness tests (bad input, batches, load, faults, security): the error
+shape, crafted images, same-answer checks, simultaneous calls, /proc readings.
 
-Everything here talks to a real TorchServe through HTTP or reads /proc; nothing imports the
-service's code, so the tests judge the server from the outside, as a client would.
+Nothing here imports the service's code: the tests judge the server from the outside, as a
+client would (requests go through ``serving.post``).
 """
 
 from __future__ import annotations
 
-import io
 import struct
 import threading
-import time
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,36 +18,11 @@ from typing import Any
 import numpy as np
 import reference
 import requests
-from PIL import Image
 
-from saliency_tools import MODEL_NAME
-from saliency_tools.server import Server
-
-
-def post(
-    server: Server,
-    body: bytes | None = None,
-    *,
-    endpoint: str = "predictions",
-    json_body: dict | None = None,
-    headers: dict | None = None,
-    token: str | None = "inference",
-    session: requests.Session | None = None,
-    timeout: float = 120,
-) -> requests.Response:
-    """One inference request, with the server's inference key unless ``token`` says otherwise."""
-    all_headers = dict(headers or {})
-    if token:
-        all_headers["Authorization"] = f"Bearer {server.keys.get(token, token)}"
-    if body is not None:
-        all_headers.setdefault("Content-Type", "application/octet-stream")
-    return (session or requests).post(
-        f"{server.url('inference')}/{endpoint}/{MODEL_NAME}",
-        data=body,
-        json=json_body,
-        headers=all_headers,
-        timeout=timeout,
-    )
+# Re-exported: some tests import them from here.
+from photos import encode as encode
+from serving import post as post
+from serving import wait_for as wait_for
 
 
 def error_of(response: requests.Response) -> tuple[int, str]:
@@ -61,14 +35,6 @@ def error_of(response: requests.Response) -> tuple[int, str]:
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
     assert isinstance(body["error"]["code"], str) and body["error"]["message"].strip()
     return response.status_code, body["error"]["code"]
-
-
-def encode(image: Image.Image | np.ndarray, fmt: str = "PNG", **params: Any) -> bytes:
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **params)
-    return buffer.getvalue()
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -141,16 +107,3 @@ def percentiles(seconds: Sequence[float]) -> dict[str, float]:
     return {f"p{q}": float(np.percentile(values, q)) for q in (50, 95, 99)} | {
         "max": float(values.max())
     }
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-        except (OSError, ValueError, KeyError, IndexError, requests.RequestException):
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"condition not met in {timeout:.0f} s")

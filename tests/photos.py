@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -23,16 +24,19 @@ KNOWN_CLASSES = {  # file stem -> acceptable ImageNet classes in the top 3
 }
 
 
-def png_bytes(array: np.ndarray) -> bytes:
+def encode(image: Image.Image | np.ndarray, fmt: str = "PNG", **params: Any) -> bytes:
+    """The file bytes of ``image`` (pixels or a PIL image) in ``fmt``, with Pillow's ``params``."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    image.save(buffer, format=fmt, **params)
     return buffer.getvalue()
 
 
 def packaged_photos() -> dict[str, bytes]:
     from skimage import data
 
-    return {"chelsea": png_bytes(data.chelsea()), "coffee": png_bytes(data.coffee())}
+    return {"chelsea": encode(data.chelsea()), "coffee": encode(data.coffee())}
 
 
 def extra_photos() -> dict[str, bytes]:

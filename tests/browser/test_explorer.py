@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +28,15 @@ from photos import CAT_CLASSES, packaged_photos
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
+from serving import wait_for
 
-from saliency_tools import ROOT
+from saliency_tools import MODEL_NAME, ROOT
 from saliency_tools.server import Server, free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
 EXPLORE = ROOT / "scripts" / "explore.sh"
+PREDICTIONS = f"predictions/{MODEL_NAME}"  # the path the page posts to, and nginx proxies
 # This machine's network is closed, and a test browser should not phone home anyway.
 CHROMIUM_FLAGS = (
     "--headless",
@@ -129,17 +130,18 @@ def start_page_server_at(
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return process, url
-        except requests.ConnectionError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the page server did not start: {log.read_text()}")
-        time.sleep(0.1)
+
+    def serving() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"the page server exited: {log.read_text()}")
+        return requests.get(url, timeout=2).status_code == 200
+
+    try:
+        wait_for(serving, timeout=30, interval=0.1)
+    except TimeoutError:
+        process.kill()
+        pytest.fail(f"the page server did not start: {log.read_text()}")
+    return process, url
 
 
 def stop_page_server(process: subprocess.Popen) -> None:
@@ -213,8 +215,9 @@ def state(driver: WebDriver) -> str:
     return driver.execute_script("return document.body.dataset.state")
 
 
-def wait_for(driver: WebDriver, states: tuple[str, ...], timeout: float = 120) -> str:
-    WebDriverWait(driver, timeout).until(lambda d: state(d) in states)
+def outcome(driver: WebDriver, timeout: float = 120) -> str:
+    """The page's state once its request has ended: "done" or "error"."""
+    WebDriverWait(driver, timeout).until(lambda d: state(d) in ("done", "error"))
     return state(driver)
 
 
@@ -274,7 +277,7 @@ def test_a_photo_is_classified_and_explained(
     open_page(browser, page_server.url)
     pick(browser, chelsea)
     browser.find_element(By.ID, "explain").click()
-    assert wait_for(browser, ("done", "error")) == "done", browser.find_element(By.ID, "error").text
+    assert outcome(browser) == "done", browser.find_element(By.ID, "error").text
 
     heading = browser.find_element(By.ID, "prediction").text
     index = int(re.search(r"\((\d+)\)", heading).group(1))
@@ -310,7 +313,7 @@ def test_a_class_searched_by_name_is_explained(
     Select(browser.find_element(By.ID, "objective")).select_by_value("loss")
     browser.find_element(By.ID, "overlay").click()  # off
     browser.find_element(By.ID, "explain").click()
-    assert wait_for(browser, ("done", "error")) == "done", browser.find_element(By.ID, "error").text
+    assert outcome(browser) == "done", browser.find_element(By.ID, "error").text
     details = browser.find_element(By.ID, "details").text
     assert "tabby (281)" in details and "loss" in details
     assert "gray" in browser.find_element(By.ID, "map-caption").text
@@ -319,7 +322,7 @@ def test_a_class_searched_by_name_is_explained(
 
     set_field(browser, "target", "tiger cat")
     browser.find_element(By.ID, "explain").click()
-    assert wait_for(browser, ("done", "error")) == "done"
+    assert outcome(browser) == "done"
     assert "tiger cat (282)" in browser.find_element(By.ID, "details").text
 
 
@@ -329,7 +332,7 @@ def test_errors_are_shown_as_the_service_words_them(
     open_page(browser, page_server.url)
     pick(browser, not_an_image)
     browser.find_element(By.ID, "explain").click()
-    assert wait_for(browser, ("done", "error")) == "error"
+    assert outcome(browser) == "error"
     code, message = error_shown(browser)
     assert code == "invalid_image" and "not an image" in message
     assert not browser.find_element(By.ID, "result").is_displayed()
@@ -337,19 +340,19 @@ def test_errors_are_shown_as_the_service_words_them(
     pick(browser, chelsea)
     set_field(browser, "topk", "99")
     browser.find_element(By.ID, "explain").click()
-    assert wait_for(browser, ("done", "error")) == "error"
+    assert outcome(browser) == "error"
     code, message = error_shown(browser)
     assert code == "invalid_option" and "topk" in message
 
     set_field(browser, "topk", "3")
     set_field(browser, "target", "no such class")
     browser.find_element(By.ID, "explain").click()
-    assert wait_for(browser, ("done", "error")) == "error"
+    assert outcome(browser) == "error"
     assert error_shown(browser)[0] == "unknown_label"
 
     set_field(browser, "target", "")
     browser.find_element(By.ID, "explain").click()
-    assert wait_for(browser, ("done", "error")) == "done"
+    assert outcome(browser) == "done"
     assert not browser.find_element(By.ID, "error").is_displayed()
 
 
@@ -366,7 +369,7 @@ def test_compare_shows_one_map_per_method(
     method.select_by_value("integrated_gradients")
     set_field(browser, "steps", "8")
     browser.find_element(By.ID, "compare").click()
-    assert wait_for(browser, ("done", "error"), timeout=300) == "done"
+    assert outcome(browser, timeout=300) == "done"
 
     cells = browser.find_elements(By.CSS_SELECTOR, "#compare-grid .compare-cell")
     assert [cell.get_attribute("data-method") for cell in cells] == list(METHODS)
@@ -399,10 +402,10 @@ def test_the_key_never_reaches_the_browser(
     open_page(browser, page_server.url)
     pick(browser, chelsea)
     browser.find_element(By.ID, "explain").click()
-    assert wait_for(browser, ("done", "error")) == "done"
+    assert outcome(browser) == "done"
     pick(browser, not_an_image)
     browser.find_element(By.ID, "explain").click()
-    assert wait_for(browser, ("done", "error")) == "error"
+    assert outcome(browser) == "error"
     assert key not in browser.page_source
 
     events = network_events(browser)
@@ -414,7 +417,7 @@ def test_the_key_never_reaches_the_browser(
     fetched = {re.sub(r"^https?://[^/]+", "", r["response"]["url"]) for r in received}
     expected = {"/", "/app.js", "/style.css", "/labels.json", "/ping"}
     assert expected <= fetched, fetched
-    assert "/predictions/squeezenet_saliency" in fetched
+    assert f"/{PREDICTIONS}" in fetched
     checked = 0
     for response in received:
         assert key not in json.dumps(response["response"]), response["response"]["url"]
@@ -446,10 +449,10 @@ def test_the_page_server_refuses_what_the_page_does_not_need(page_server: PageSe
         assert answer.status_code == 404 and page_server.key not in answer.text, path
     files = {"image": ("chelsea.png", packaged_photos()["chelsea"], "image/png")}
     # A form posted by another web site cannot set X-Explorer.
-    answer = requests.post(f"{url}predictions/squeezenet_saliency", files=files, timeout=60)
+    answer = requests.post(url + PREDICTIONS, files=files, timeout=60)
     assert answer.status_code == 403 and answer.json()["error"]["code"] == "forbidden"
     answer = requests.post(
-        f"{url}predictions/squeezenet_saliency",
+        url + PREDICTIONS,
         files=files,
         headers={"X-Explorer": "1", "Authorization": "Bearer not-the-key"},
         timeout=60,
@@ -457,7 +460,7 @@ def test_the_page_server_refuses_what_the_page_does_not_need(page_server: PageSe
     assert answer.status_code == 200, answer.text  # the client's Authorization is replaced
     too_big = {"image": ("big.png", b"x" * (12 * 1024 * 1024 + 1), "image/png")}
     answer = requests.post(
-        f"{url}predictions/squeezenet_saliency",
+        url + PREDICTIONS,
         files=too_big,
         headers={"X-Explorer": "1"},
         timeout=60,

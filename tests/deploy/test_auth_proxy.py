@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,19 +20,16 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from serving import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
+from saliency_tools import MODEL_NAME, ROOT, SAMPLED_MODEL_NAME
+from saliency_tools.server import free_port
+
 NGINX = os.environ.get("NGINX_BIN") or shutil.which("nginx")
 pytestmark = pytest.mark.skipif(not NGINX, reason="no nginx binary (set NGINX_BIN)")
 
 KEYS = {"key-a": "a" * 32, "key-b": "B0-._~+/=" * 22}  # 32 and 198 characters
-PROXIED = "/predictions/squeezenet_saliency"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+PROXIED = f"/predictions/{MODEL_NAME}"  # the nginx rules name the model's paths
 
 
 class Upstream(BaseHTTPRequestHandler):
@@ -104,16 +99,14 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     listen = free_port()
     process = start(tmp_path_factory.mktemp("nginx"), KEYS, listen, upstream.server_port)
     url = f"http://127.0.0.1:{listen}"
+
+    def serving() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"nginx did not start: {process.communicate()[0]}")
+        return requests.get(f"{url}/healthz", timeout=1).ok
+
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                requests.get(f"{url}/healthz", timeout=1)
-                break
-            except requests.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"nginx did not start: {process.communicate()[0]}")
-                time.sleep(0.1)
+        wait_for(serving, timeout=20, interval=0.1, what="nginx")
         yield url
     finally:
         process.terminate()
@@ -145,7 +138,12 @@ def test_predictions_without_a_valid_key_are_refused(proxy: str, headers: dict) 
 @pytest.mark.parametrize("key", KEYS.values(), ids=KEYS.keys())
 @pytest.mark.parametrize(
     "path",
-    [PROXIED, "/explanations/squeezenet_saliency", PROXIED + "/1.0", PROXIED + "_sampled"],
+    [
+        PROXIED,
+        f"/explanations/{MODEL_NAME}",
+        PROXIED + "/1.0",
+        f"/predictions/{SAMPLED_MODEL_NAME}",
+    ],
 )
 def test_every_key_from_the_secret_is_accepted_and_not_forwarded(
     proxy: str, key: str, path: str
@@ -160,7 +158,7 @@ def test_every_key_from_the_secret_is_accepted_and_not_forwarded(
 def test_ping_is_proxied_and_nothing_else_is(proxy: str) -> None:
     assert requests.get(f"{proxy}/ping", timeout=5).json()["path"] == "/ping"
     key = next(iter(KEYS.values()))
-    for path in ("/models", "/models/squeezenet_saliency", "/predictions/other", "/metrics"):
+    for path in ("/models", f"/models/{MODEL_NAME}", "/predictions/other", "/metrics"):
         response = requests.get(f"{proxy}{path}", headers=bearer(key), timeout=5)
         assert response.status_code == 404, path
 

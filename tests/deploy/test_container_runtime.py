@@ -20,14 +20,13 @@ from pathlib import Path
 import pytest
 import requests
 from photos import packaged_photos
+from serving import ServerAt, post, wait_for
 
-from saliency_tools import MODEL_NAME
+from saliency_tools import MAR, MODEL_NAME, ROOT
 from saliency_tools.config import KEY_FILE, read_keys
-from saliency_tools.server import free_port, pid_alive
+from saliency_tools.server import describe_model, free_port, pid_alive
 
-ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
-MAR = ROOT / "model_store" / f"{MODEL_NAME}.mar"
 PORT_KEYS = ("inference_address", "management_address", "metrics_address")
 
 
@@ -53,17 +52,6 @@ def image_config(ports: dict[str, int]) -> str:
         text = re.sub(rf"(?m)^{key}=\d+", f"{key}={ports[key]}", text)
     text = text.replace("/opt/saliency/metrics.yaml", str(ROOT / "handler" / "metrics.yaml"))
     return text.replace("/opt/saliency/model-store", str(MAR.parent))
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 def test_entrypoint_serves_with_overrides_probes_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -109,11 +97,14 @@ def test_entrypoint_serves_with_overrides_probes_and_stops_on_sigterm(tmp_path: 
     try:
         # Ready: a worker is READY. By then the 6-second keys have expired: the probe renews
         # the management key with the API key and goes on.
-        ready = wait_for(
-            lambda: (r := healthcheck("ready", merged, key_file)).returncode == 0 and r,
-            timeout=180,
-            what=f"readiness; output: {output.read_text()[-3000:]}",
-        )
+        try:
+            ready = wait_for(
+                lambda: (r := healthcheck("ready", merged, key_file)).returncode == 0 and r,
+                timeout=180,
+                interval=0.5,
+            )
+        except TimeoutError:
+            pytest.fail(f"not ready after 180 s; output: {output.read_text()[-3000:]}")
         assert "READY" in ready.stdout
         jvm = int((tmp / ".model_server.pid").read_text())
         time.sleep(6.5)  # every key generated at start has now expired
@@ -132,21 +123,9 @@ def test_entrypoint_serves_with_overrides_probes_and_stops_on_sigterm(tmp_path: 
         )
         assert renewed.status_code == 200, renewed.text
         keys = read_keys(home / KEY_FILE)
-        described = requests.get(
-            f"{management}/models/{MODEL_NAME}",
-            headers={"Authorization": f"Bearer {keys['management']}"},
-            timeout=10,
-        ).json()
-        worker = int(described[0]["workers"][0]["pid"])
-        response = requests.post(
-            f"http://127.0.0.1:{inference_port}/predictions/{MODEL_NAME}",
-            data=packaged_photos()["coffee"],
-            headers={
-                "Authorization": f"Bearer {keys['inference']}",
-                "Content-Type": "application/octet-stream",
-            },
-            timeout=120,
-        )
+        worker = int(describe_model(management, keys["management"])["workers"][0]["pid"])
+        served = ServerAt({"inference": f"http://127.0.0.1:{inference_port}"}, keys)
+        response = post(served, packaged_photos()["coffee"])
         assert response.status_code == 200, response.text
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{ports['inference_address']}/ping", timeout=5)
@@ -157,10 +136,11 @@ def test_entrypoint_serves_with_overrides_probes_and_stops_on_sigterm(tmp_path: 
         wait_for(
             lambda: "saliency_batch_size_count{" in requests.get(metrics_url, timeout=5).text,
             timeout=15,
+            interval=0.5,
             what="the handler's metrics",
         )
         assert not list(home.rglob("*.log")), list(home.rglob("*"))
-        assert "squeezenet_saliency ready on" in output.read_text()
+        assert f"{MODEL_NAME} ready on" in output.read_text()
 
         # SIGTERM: a clean stop of the JVM and the worker, exit status 0.
         process.send_signal(signal.SIGTERM)

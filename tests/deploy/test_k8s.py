@@ -18,9 +18,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from saliency_tools import ROOT
 from saliency_tools.config import parse_properties
 
-ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 CHECKOV = ROOT / ".venv-tools" / "bin" / "checkov"

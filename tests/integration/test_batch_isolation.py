@@ -15,15 +15,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 import reference
-from hardening import assert_same_answer, error_of, png_claiming, post, wait_for
-from photos import packaged_photos, png_bytes
+from hardening import assert_same_answer, error_of, png_claiming
+from photos import encode, packaged_photos
 from PIL import Image
-
-from saliency_tools import MODEL_NAME
-from saliency_tools.server import http_json
+from serving import post, wait_for
 
 
 def eight_images() -> list[bytes]:
@@ -35,7 +32,7 @@ def eight_images() -> list[bytes]:
         image = Image.fromarray(photo)
         for k in range(4):
             variant = image.rotate(20 * k) if k % 2 else image.crop((10 * k, 0, image.width, 280))
-            out.append(png_bytes(np.asarray(variant.convert("RGB"))))
+            out.append(encode(variant.convert("RGB")))
     return out
 
 
@@ -51,10 +48,7 @@ def b64(data: bytes) -> str:
 
 
 def pending(server) -> int:
-    described = http_json(
-        f"{server.url('management')}/models/{MODEL_NAME}", server.keys["management"]
-    )
-    return described[0]["jobQueueStatus"]["pendingRequests"]
+    return server.describe()["jobQueueStatus"]["pendingRequests"]
 
 
 def in_one_batch(server, calls: list[Callable], is_answer: Callable[[int], bool]) -> list:

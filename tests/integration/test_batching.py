@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import reference
-from photos import packaged_photos, png_bytes
+from photos import encode, packaged_photos
 from PIL import Image
 
 
@@ -24,9 +24,9 @@ def sixteen_images() -> list[bytes]:
                 if k % 2
                 else image.resize((image.width - 20 * k, image.height - 10 * k))
             )
-            out.append(png_bytes(np.asarray(variant.convert("RGB"))))
+            out.append(encode(variant.convert("RGB")))
     rng = np.random.default_rng(0)
-    out += [png_bytes(rng.integers(0, 256, (240, 260, 3), dtype=np.uint8)) for _ in range(4)]
+    out += [encode(rng.integers(0, 256, (240, 260, 3), dtype=np.uint8)) for _ in range(4)]
     return out
 
 

@@ -38,7 +38,9 @@ from custom_models import (
     write_labels,
 )
 from photos import packaged_photos
+from serving import post
 
+from saliency_tools import MODEL_NAME
 from saliency_tools import archive as build_mar
 from saliency_tools.server import Server, store_models
 
@@ -137,25 +139,18 @@ def models(inputs: Path) -> dict[str, torch.nn.Module]:
     return found
 
 
-def post(server: Server, model: str, body: dict, follow: bool = True) -> requests.Response:
-    return requests.post(
-        f"{server.url('inference')}/predictions/{model}",
-        json=body,
-        headers={"Authorization": f"Bearer {server.keys['inference']}"},
-        timeout=120,
-        allow_redirects=follow,
-    )
-
-
-def encoded(name: str) -> str:
-    return base64.b64encode(PHOTOS[name]).decode()
+def ask(
+    server: Server, model: str, photo: str, allow_redirects: bool = True, **options
+) -> requests.Response:
+    """``photo`` sent to ``model`` in a JSON document with ``options``."""
+    document = {"image": base64.b64encode(PHOTOS[photo]).decode(), **options}
+    return post(server, json_body=document, model=model, allow_redirects=allow_redirects)
 
 
 @pytest.mark.parametrize(("name", "photo", "target"), CASES)
 def test_classes_and_maps_equal_the_reference(server, models, name, photo, target) -> None:
     arch, resize, crop, mean, std, labels, *interpolation = MODELS[name]
-    body = {"image": encoded(photo)} | ({} if target is None else {"target": labels[target]})
-    response = post(server, name, body)
+    response = ask(server, name, photo, **({} if target is None else {"target": labels[target]}))
     assert response.status_code == 200, response.text
     answer = response.json()
     dtype = torch.float32 if name in MORE_ARCHS else torch.float64
@@ -186,17 +181,17 @@ def test_classes_and_maps_equal_the_reference(server, models, name, photo, targe
 
 
 def test_each_model_knows_only_its_own_labels(server) -> None:
-    fruit = post(server, "fruit", {"image": encoded("chelsea"), "target": "banana"})
+    fruit = ask(server, "fruit", "chelsea", target="banana")
     assert fruit.status_code == 200 and fruit.json()["target"]["index"] == 1
-    tiny = post(server, "tiny_script", {"image": encoded("chelsea"), "target": "banana"})
+    tiny = ask(server, "tiny_script", "chelsea", target="banana")
     assert tiny.status_code == 400 and tiny.json()["error"]["code"] == "unknown_label"
     assert "0-9" in tiny.json()["error"]["message"]
-    beyond = post(server, "fruit", {"image": encoded("chelsea"), "target": 5})
+    beyond = ask(server, "fruit", "chelsea", target=5)
     assert beyond.status_code == 400 and "0-4" in beyond.json()["error"]["message"]
 
 
 def test_gradcam_where_a_layer_can_be_recorded(server) -> None:
-    resnet = post(server, "fruit", {"image": encoded("coffee"), "method": "gradcam"})
+    resnet = ask(server, "fruit", "coffee", method="gradcam")
     assert resnet.status_code == 200, resnet.text
     saliency = resnet.json()["saliency"]
     assert (saliency["layer"], saliency["coarse_width"], saliency["coarse_height"]) == (
@@ -205,7 +200,7 @@ def test_gradcam_where_a_layer_can_be_recorded(server) -> None:
         7,
     )
     for name, (layer, side) in MORE_ARCHS.items():  # each found by build_mar.py
-        answer = post(server, name, {"image": encoded("coffee"), "method": "gradcam"})
+        answer = ask(server, name, "coffee", method="gradcam")
         assert answer.status_code == 200, answer.text
         saliency = answer.json()["saliency"]
         assert saliency["method"] == "gradcam" and saliency["layer"] == layer
@@ -213,7 +208,7 @@ def test_gradcam_where_a_layer_can_be_recorded(server) -> None:
         crop = MODELS[name][2]
         assert (saliency["width"], saliency["height"], saliency["max"] > 0) == (crop, crop, True)
     for name in ("tiny_script", "tiny_export"):
-        refused = post(server, name, {"image": encoded("coffee"), "method": "gradcam"})
+        refused = ask(server, name, "coffee", method="gradcam")
         assert refused.status_code == 400
         error = refused.json()["error"]
         assert error["code"] == "invalid_option" and "module hooks do not run" in error["message"]
@@ -229,15 +224,15 @@ def test_the_store_is_registered_as_serve_sh_registers_it(server) -> None:
         "tiny_script_sampled",
         *MORE_ARCHS,
     ]
-    assert not post(server, "squeezenet_saliency", {"image": encoded("chelsea")}).ok
+    assert not ask(server, MODEL_NAME, "chelsea").ok
 
 
 def test_expensive_methods_go_to_each_models_own_sampled_registration(server) -> None:
-    body = {"image": encoded("chelsea"), "method": "smoothgrad", "samples": 3, "seed": 5}
+    options = {"method": "smoothgrad", "samples": 3, "seed": 5}
     for name in SAMPLED:
-        redirected = post(server, name, body, follow=False)
+        redirected = ask(server, name, "chelsea", allow_redirects=False, **options)
         assert redirected.status_code == 307
         assert redirected.headers["Location"] == f"/predictions/{name}_sampled"
-        followed = post(server, name, body)
+        followed = ask(server, name, "chelsea", **options)
         assert followed.status_code == 200, followed.text
         assert followed.json()["saliency"]["seed"] == 5

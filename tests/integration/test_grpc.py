@@ -16,11 +16,12 @@ from collections.abc import Iterator
 import grpc
 import pytest
 import reference
-from hardening import assert_same_answer, concurrently, post, wait_for
+from hardening import assert_same_answer, concurrently
 from photos import KNOWN_CLASSES, labelled_photos
+from serving import post, wait_for
 
 import saliency_handler
-from saliency_tools import MODEL_NAME, client, grpc_stubs
+from saliency_tools import MODEL_NAME, SAMPLED_MODEL_NAME, client, grpc_stubs
 from saliency_tools.server import Server, pid_alive
 
 PHOTOS = labelled_photos()
@@ -250,7 +251,7 @@ def test_expensive_methods_name_the_sampled_model_and_the_client_goes_there(stub
     options = {"method": "smoothgrad", "samples": "3", "seed": "4"}
     refused = predict(stub, server, data=GOOD, **options)
     assert refused["error"]["code"] == "served_by_another_model"
-    assert refused["error"]["location"] == f"/predictions/{MODEL_NAME}_sampled"
+    assert refused["error"]["location"] == f"/predictions/{SAMPLED_MODEL_NAME}"
     grpc_client = client.GrpcClient(server.grpc_address(), server.keys["inference"])
     answer = grpc_client.predict(GOOD, {"method": "smoothgrad", "samples": 3, "seed": 4})
     assert answer["saliency"]["method"] == "smoothgrad" and answer["saliency"]["seed"] == 4

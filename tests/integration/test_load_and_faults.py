@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import requests
-from hardening import percentiles, post, proc_status, wait_for
-from photos import png_bytes
+from hardening import percentiles, proc_status
+from photos import encode
+from serving import post, wait_for
 
 from saliency_tools.archive import variant_archive
 from saliency_tools.server import Server, pid_alive
@@ -54,8 +55,8 @@ def small_images() -> list[bytes]:
     for photo in (data.chelsea(), data.coffee()):
         for k in range(6):
             y, x = 20 * k, 30 * k
-            out.append(png_bytes(np.ascontiguousarray(photo[y : y + 160, x : x + 200])))
-    out += [png_bytes(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)) for _ in range(4)]
+            out.append(encode(np.ascontiguousarray(photo[y : y + 160, x : x + 200])))
+    out += [encode(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)) for _ in range(4)]
     return out
 
 
@@ -198,13 +199,7 @@ def fault_server(tmp_path_factory: pytest.TempPathFactory):
 
 def ready_worker(server: Server, other_than: int) -> int | None:
     """The pid of a READY worker that is not ``other_than``, else None."""
-    from saliency_tools import MODEL_NAME
-    from saliency_tools.server import http_json
-
-    described = http_json(
-        f"{server.url('management')}/models/{MODEL_NAME}", server.keys["management"]
-    )
-    for worker in described[0]["workers"]:
+    for worker in server.describe()["workers"]:
         if worker.get("status") == "READY" and int(worker.get("pid") or 0) not in (0, other_than):
             return int(worker["pid"])
     return None
@@ -299,17 +294,14 @@ def test_request_past_response_timeout_gets_a_prompt_error(fault_server) -> None
 
 def test_a_full_queue_answers_503_at_once(fault_server) -> None:
     """Beyond job_queue_size waiting requests, TorchServe sheds load instead of queueing."""
-    from saliency_tools import MODEL_NAME
     from saliency_tools.config import read_properties
-    from saliency_tools.server import http_json
 
     server = fault_server
     capacity = int(read_properties(server.config)["job_queue_size"])
     extra = 12
 
     def pending() -> int:
-        url = f"{server.url('management')}/models/{MODEL_NAME}"
-        return http_json(url, server.keys["management"])[0]["jobQueueStatus"]["pendingRequests"]
+        return server.describe()["jobQueueStatus"]["pendingRequests"]
 
     (worker,) = server.worker_pids()
     with ThreadPoolExecutor(max_workers=capacity + extra + 1) as pool:

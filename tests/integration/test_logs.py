@@ -4,9 +4,8 @@ log4j2 file itself; this watches a running TorchServe use it."""
 
 from __future__ import annotations
 
-import requests
-from hardening import post, wait_for
 from photos import packaged_photos
+from serving import post, wait_for
 
 from saliency_tools import MODEL_NAME
 
@@ -19,20 +18,15 @@ def test_logs_are_files_in_the_log_directory_and_the_console_stays_quiet(server)
     console = server.workdir / "start.log"  # the JVM's stdout: logs/console.log under serve.sh
     sizes = {name: (logs / name).stat().st_size for name in LOGS}
     console_size = console.stat().st_size
-    url = f"{server.url('inference')}/predictions/{MODEL_NAME}?token={SECRET}"
-    headers = {
-        "Authorization": f"Bearer {server.keys['inference']}",
-        "Content-Type": "application/octet-stream",
-    }
     for _ in range(5):
-        answer = requests.post(url, data=packaged_photos()["coffee"], headers=headers, timeout=120)
+        answer = post(server, packaged_photos()["coffee"], params={"token": SECRET})
         assert answer.status_code == 200, answer.text[:300]
     assert post(server, b"not an image").status_code == 400
 
     # Every log got its lines, in the log directory ...
     wait_for(lambda: all((logs / n).stat().st_size > sizes[n] for n in LOGS), timeout=30)
     access = (logs / "access_log.log").read_text()
-    assert '"POST /predictions/squeezenet_saliency HTTP/1.1" 200' in access
+    assert f'"POST /predictions/{MODEL_NAME} HTTP/1.1" 200' in access
     # ... without the query string, in any log or on the console ...
     for path in logs.iterdir():
         assert SECRET not in path.read_text(errors="replace"), path.name

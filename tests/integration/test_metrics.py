@@ -7,12 +7,14 @@ config.properties points metrics_config at it. The metrics port needs no token.
 from __future__ import annotations
 
 import re
-import time
 
 import requests
 from photos import packaged_photos
+from serving import wait_for
 
-MODEL = 'ModelName="squeezenet_saliency"'
+from saliency_tools import MODEL_NAME
+
+MODEL = f'ModelName="{MODEL_NAME}"'
 SAMPLE = re.compile(r"^(?P<name>[A-Za-z_:][\w:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)$")
 
 
@@ -53,16 +55,13 @@ def test_handler_metrics_move_with_traffic(server, api) -> None:
     bad = api.post(b"this is not an image")
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_image"
 
+    def all_three_seen() -> dict[str, float] | None:
+        samples = scrape(server)
+        seen = value(samples, "saliency_batch_size_sum", MODEL)
+        return samples if seen - value(before, "saliency_batch_size_sum", MODEL) >= 3 else None
+
     # The worker prints its metrics after answering; the front end parses them a moment later.
-    deadline = time.monotonic() + 15
-    while True:
-        after = scrape(server)
-        requests_seen = value(after, "saliency_batch_size_sum", MODEL) - value(
-            before, "saliency_batch_size_sum", MODEL
-        )
-        if requests_seen >= 3 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    after = wait_for(all_three_seen, timeout=15, what="the 3 requests' metrics")
 
     def moved(name: str, *labels: str) -> float:
         return value(after, name, MODEL, *labels) - value(before, name, MODEL, *labels)
@@ -88,7 +87,7 @@ def test_frontend_metrics_for_autoscaling_are_exported(server, api) -> None:
     """The HPA's signal (deploy/): queue latency per request, from TorchServe's own counters."""
     assert api.post(packaged_photos()["chelsea"]).status_code == 200
     samples = scrape(server)
-    model = 'model_name="squeezenet_saliency"'
+    model = f'model_name="{MODEL_NAME}"'
     assert value(samples, "ts_inference_requests_total", model) >= 1
     assert f'ts_queue_latency_microseconds{{{model},model_version="default"}}' in samples
     assert value(samples, "ts_inference_latency_microseconds", model) > 0

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-
 import numpy as np
 import pytest
 import reference
-from photos import KNOWN_CLASSES, labelled_photos, png_bytes
+from photos import KNOWN_CLASSES, encode, labelled_photos
 
 PHOTOS = labelled_photos()
 
@@ -34,9 +32,7 @@ def test_served_map_equals_a_naive_per_image_computation(
 ) -> None:
     options = {"objective": objective} | ({"target": target} if target is not None else {})
     image = PHOTOS[name]
-    response = api.post(json_body={"image": base64.b64encode(image).decode(), **options})
-    assert response.status_code == 200, response.text
-    answer = response.json()
+    answer = api.answer(image, **options)
 
     expected, expected_target, logits = reference.saliency(served_model, image, target, objective)
     served = reference.decode_png(answer["saliency"]["png"]).astype(np.float64)
@@ -56,7 +52,7 @@ def test_256_pixel_square_images_match_the_naive_computation(api, served_model) 
 
     photo = data.chelsea()[:256, 100:356]  # a real 256x256 crop: resize is the identity
     for image in (photo, rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)):
-        encoded = png_bytes(image)
+        encoded = encode(image)
         answer = api.post(encoded).json()
         expected, target, _ = reference.saliency(served_model, encoded)
         assert answer["crop_box"] == [16, 16, 240, 240]
@@ -68,7 +64,7 @@ def test_256_pixel_square_images_match_the_naive_computation(api, served_model) 
 def test_raw_json_and_multipart_forms_agree(api) -> None:
     image = PHOTOS["coffee"]
     raw = api.post(image, headers={"Content-Type": "image/png"}).json()
-    as_json = api.post(json_body={"image": base64.b64encode(image).decode()}).json()
+    as_json = api.answer(image)
     multipart = api.post(files={"image": ("coffee.png", image, "image/png")}).json()
     multipart_data = api.post(files={"data": ("coffee.png", image, "image/png")}).json()
     for other in (as_json, multipart, multipart_data):
@@ -88,16 +84,7 @@ def test_multipart_options_are_strings_coerced_like_json(api) -> None:
         "overlay": "true",
     }
     form = api.post(files={"image": ("chelsea.png", image, "image/png")}, data=options).json()
-    as_json = api.post(
-        json_body={
-            "image": base64.b64encode(image).decode(),
-            "target": 281,
-            "topk": 3,
-            "objective": "loss",
-            "colormap": "hot",
-            "overlay": True,
-        }
-    ).json()
+    as_json = api.answer(image, target=281, topk=3, objective="loss", colormap="hot", overlay=True)
     assert form["target"]["index"] == as_json["target"]["index"] == 281
     assert len(form["topk"]) == len(as_json["topk"]) == 3
     for key in ("saliency", "heatmap", "overlay"):
@@ -117,8 +104,6 @@ def test_explanations_endpoint_gives_the_same_answer(api) -> None:
 
 
 def test_classification_only_mode_skips_the_map(api) -> None:
-    answer = api.post(
-        json_body={"image": base64.b64encode(PHOTOS["coffee"]).decode(), "saliency": False}
-    ).json()
+    answer = api.answer(PHOTOS["coffee"], saliency=False)
     assert "saliency" not in answer and "target" not in answer
     assert answer["prediction"]["index"] == 967

@@ -20,8 +20,9 @@ import psutil
 import pytest
 import requests
 from photos import packaged_photos
+from serving import post, wait_for
 
-from saliency_tools import MODEL_NAME, ROOT
+from saliency_tools import ROOT
 from saliency_tools.config import KEY_FILE, read_keys
 from saliency_tools.server import (
     ADDRESS_KEYS,
@@ -74,6 +75,14 @@ class Checkout:
     def server_pid(self) -> int:
         return int(self.pid_file.read_text().strip())
 
+    def url(self, kind: str) -> str:
+        return f"http://127.0.0.1:{self.ports[f'{kind}_address']}"
+
+    @property
+    def keys(self) -> dict[str, str]:
+        """The keys of the TorchServe that serve.sh started, as it wrote them."""
+        return read_keys(self.root / KEY_FILE)
+
     def worker_pids(self) -> list[int]:
         return [
             child.pid
@@ -82,14 +91,7 @@ class Checkout:
         ]
 
     def predict(self) -> requests.Response:
-        key = read_keys(self.root / KEY_FILE)["inference"]
-        port = self.ports["inference_address"]
-        return requests.post(
-            f"http://127.0.0.1:{port}/predictions/{MODEL_NAME}",
-            data=packaged_photos()["coffee"],
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "image/png"},
-            timeout=120,
-        )
+        return post(self, packaged_photos()["coffee"], headers={"Content-Type": "image/png"})
 
     def port_open(self, kind: str = "inference_address") -> bool:
         with socket.socket() as sock:
@@ -146,10 +148,8 @@ def test_start_after_a_crash_then_a_clean_stop(checkout) -> None:
     workers = checkout.worker_pids()
     assert workers
     os.kill(jvm, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while any(pid_alive(p) for p in [jvm, *workers]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(pid_alive(p) for p in [jvm, *workers])
+    crashed = [jvm, *workers]
+    wait_for(lambda: not any(map(pid_alive, crashed)), timeout=30, what="JVM and workers to exit")
     assert checkout.pid_file.read_text().strip() == str(jvm)  # stale
 
     # 3. The second start cleans up after the crash and serves.
@@ -184,10 +184,7 @@ def test_start_after_a_crash_then_a_clean_stop(checkout) -> None:
     print(f"\n[shutdown] stop.sh took {seconds:.1f} s")
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert not pid_alive(jvm)
-    deadline = time.monotonic() + 15
-    while any(pid_alive(p) for p in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(pid_alive(p) for p in workers)
+    wait_for(lambda: not any(map(pid_alive, workers)), timeout=15, what="workers to exit")
     assert not checkout.pid_file.exists()
     assert not (checkout.root / "key_file.json").exists()
     assert not checkout.port_open("inference_address")

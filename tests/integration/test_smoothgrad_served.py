@@ -17,12 +17,6 @@ PHOTOS = packaged_photos()
 SETTINGS = {"method": "smoothgrad", "samples": 3, "noise": 0.2}
 
 
-def post(api, image: bytes, **options) -> dict:
-    response = api.post(json_body={"image": base64.b64encode(image).decode(), **options})
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def served_map(answer: dict) -> np.ndarray:
     return reference.decode_png(answer["saliency"]["png"]) / 255.0 * answer["saliency"]["max"]
 
@@ -32,8 +26,8 @@ def test_a_seeded_answer_is_recorded_reproducible_and_equals_a_naive_smoothgrad(
     api, served_model, name, target
 ) -> None:
     options = {**SETTINGS, "seed": 2024} | ({"target": target} if target is not None else {})
-    first = post(api, PHOTOS[name], **options)
-    again = post(api, PHOTOS[name], **options)
+    first = api.answer(PHOTOS[name], **options)
+    again = api.answer(PHOTOS[name], **options)
     saliency = first["saliency"]
     assert {key: saliency[key] for key in ("method", "samples", "noise", "seed")} == {
         "method": "smoothgrad",
@@ -56,18 +50,18 @@ def test_a_seeded_answer_is_recorded_reproducible_and_equals_a_naive_smoothgrad(
 
 
 def test_without_a_seed_the_server_draws_one_that_reproduces_the_answer(api) -> None:
-    first = post(api, PHOTOS["coffee"], **SETTINGS)
+    first = api.answer(PHOTOS["coffee"], **SETTINGS)
     seed = first["saliency"]["seed"]
     assert isinstance(seed, int) and 0 <= seed < 2**31
-    again = post(api, PHOTOS["coffee"], **SETTINGS, seed=seed)
+    again = api.answer(PHOTOS["coffee"], **SETTINGS, seed=seed)
     assert again["saliency"]["png"] == first["saliency"]["png"]
-    other = post(api, PHOTOS["coffee"], **SETTINGS, seed=(seed + 1) % 2**31)
+    other = api.answer(PHOTOS["coffee"], **SETTINGS, seed=(seed + 1) % 2**31)
     assert other["saliency"]["png"] != first["saliency"]["png"]
 
 
 def test_multipart_options_reach_smoothgrad_as_json_ones_do(api) -> None:
     image = PHOTOS["chelsea"]
-    as_json = post(api, image, **SETTINGS, seed=7)
+    as_json = api.answer(image, **SETTINGS, seed=7)
     form = {"method": "smoothgrad", "samples": "3", "noise": "0.2", "seed": "7"}
     response = api.post(files={"image": ("chelsea.png", image, "image/png")}, data=form)
     assert response.status_code == 200, response.text

@@ -1,60 +1,34 @@
-"""scripts/bench_methods.py's pure parts: rank correlation, the stock answer's map, the report.
+"""scripts/bench_methods.py's parts: the stock answer's map, map agreement with ties, the stock
+form, the archive check, and the in-process costs from the pipeline's own stage report.
 
-No server and no timing here: the report is rendered from constructed numbers with known ratios.
+No server and no timing here; the report's tests are in test_bench_report.py.
 """
 
 from __future__ import annotations
 
 import email
 import json
-import math
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from saliency_service import rendering
-from saliency_tools import bench
-from saliency_tools import bench_methods as bm
-
-
-def test_average_ranks_share_the_mean_rank_of_ties() -> None:
-    assert bm.average_ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
-    assert bm.average_ranks(np.zeros((2, 2))).tolist() == [2.5] * 4
-
-
-def test_spearman_with_ties_by_hand() -> None:
-    # ranks (1, 2.5, 2.5, 4) and (1, 2, 3, 4): r = 4.5 / sqrt(4.5 * 5)
-    rho = bm.spearman(np.array([1, 2, 2, 3]), np.array([10, 20, 30, 40]))
-    assert rho == pytest.approx(4.5 / math.sqrt(22.5))
-
-
-def test_spearman_sees_ranks_only() -> None:
-    rng = np.random.default_rng(0)
-    values = rng.exponential(size=(32, 32))
-    assert bm.spearman(values, np.log(values) * 7 + 3) == pytest.approx(1.0)
-    assert bm.spearman(values, -values) == pytest.approx(-1.0)
-    # Quantising merges ranks into ties: still a rank correlation, just below 1.
-    quantised = bm.as_8bit(values)
-    assert 0.9 < bm.spearman(quantised, values) < 1.0
-    assert math.isnan(bm.spearman(np.ones(5), np.arange(5)))
-    with pytest.raises(ValueError):
-        bm.spearman(np.ones(4), np.ones(5))
-
-
-def test_spearman_agrees_with_scipy_on_heavy_ties() -> None:
-    stats = pytest.importorskip("scipy.stats")
-    rng = np.random.default_rng(1)
-    a = rng.integers(0, 6, size=500)
-    b = a + rng.integers(0, 4, size=500)
-    assert bm.spearman(a, b) == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
+from saliency_service.pipeline import Answer, BatchReport
+from saliency_tools.bench import maps
+from saliency_tools.bench import methods as bm
+from saliency_tools.bench.load import Slice
+from saliency_tools.bench.photos import Photo
+from saliency_tools.bench.stock import captum_map, stock_body
 
 
 def test_as_8bit_is_the_services_quantisation() -> None:
     values = np.array([[0.0, 1.0], [2.0, 4.0]])
-    assert bm.as_8bit(values).tolist() == [[0.0, 64.0], [128.0, 255.0]]  # round(255 s / max)
+    assert maps.as_8bit(values).tolist() == [[0.0, 64.0], [128.0, 255.0]]  # round(255 s / max)
 
 
 def test_captum_map_is_abs_of_the_channel_sum() -> None:
@@ -67,13 +41,13 @@ def test_captum_map_is_abs_of_the_channel_sum() -> None:
     )
     expected = [[3.0, 1.0], [0.0, 2.0]]
     answer = json.loads(json.dumps(attributions.tolist()))  # as the stock handler sends it
-    assert bm.captum_map(answer).tolist() == expected
-    assert bm.captum_map([answer]).tolist() == expected  # with a batch axis of 1
-    assert bm.captum_map(np.moveaxis(attributions, 0, -1).tolist()).tolist() == expected
+    assert captum_map(answer).tolist() == expected
+    assert captum_map([answer]).tolist() == expected  # with a batch axis of 1
+    assert captum_map(np.moveaxis(attributions, 0, -1).tolist()).tolist() == expected
     with pytest.raises(ValueError):
-        bm.captum_map([[1.0, 2.0], [3.0, 4.0]])
+        captum_map([[1.0, 2.0], [3.0, 4.0]])
     with pytest.raises(ValueError):
-        bm.captum_map(np.zeros((2, 4, 4)).tolist())
+        captum_map(np.zeros((2, 4, 4)).tolist())
 
 
 def our_answer(saliency: np.ndarray, target: int = 285) -> dict:
@@ -91,121 +65,28 @@ def test_agreement_of_a_served_map_with_the_same_captum_map() -> None:
     captum_answer = attributions.tolist()
     ours = our_answer(np.abs(attributions.sum(axis=0)))
 
-    row = bm.agreement("cat.jpg", ours, captum_answer, 0.0)
+    row = maps.agreement("cat.jpg", ours, captum_answer, 0.0)
     assert (row.target, row.label, row.delta) == (285, "Egyptian cat", -0.5)
     assert row.both_8bit == pytest.approx(1.0)  # the same map at the same resolution
     assert row.served == pytest.approx(row.ceiling)  # only quantisation separates them
     assert row.served < 1.0
-    served = bm.served_map(ours)
+    served = maps.served_map(ours)
     assert served.shape == (24, 24) and served.max() == 255
 
-    other = bm.agreement("cat.jpg", our_answer(rng.random((24, 24))), captum_answer, 0.0)
+    other = maps.agreement("cat.jpg", our_answer(rng.random((24, 24))), captum_answer, 0.0)
     assert abs(other.served) < 0.3
 
 
 def test_stock_form_carries_the_target_as_json() -> None:
-    photo = bench.Photo("cat.jpg", b"\xff\xd8jpeg", (10, 10))
-    assert bm.stock_body(photo, None) == (photo.data, "application/octet-stream")
-    body, kind = bm.stock_body(photo, 285)
+    photo = Photo("cat.jpg", b"\xff\xd8jpeg", (10, 10))
+    assert stock_body(photo, None) == (photo.data, "application/octet-stream")
+    body, kind = stock_body(photo, 285)
     message = email.message_from_bytes(f"Content-Type: {kind}\r\n\r\n".encode() + body)
     parts = {part.get_param("name", header="content-disposition"): part for part in message.walk()}
     assert parts["data"].get_payload(decode=True) == photo.data
     assert parts["target"].get_content_type() == "application/json"
     assert parts["target"].get_filename()  # a file part: TorchServe passes its content type on
     assert json.loads(parts["target"].get_payload(decode=True)) == 285
-
-
-def cell(rate: float, size: int, latency: float = 0.1, requests: int = 20) -> bench.Cell:
-    return bench.Cell([bench.Slice([latency] * requests, [size] * requests, 0, requests / rate)])
-
-
-def synthetic_results() -> dict:
-    rates = {"ig_ours": 4.0, "ig_captum": 0.5, "classify": 50.0, "gradcam": 45.0, "vanilla": 30.0}
-    sizes = {"ig_ours": 40_000, "ig_captum": 4_000_000, "classify": 500}
-    sizes |= {"gradcam": 50_000, "vanilla": 45_000}
-    latency = {"ig_ours": 0.5, "ig_captum": 6.0}
-    cells = {
-        (name, c): cell(rates[name], sizes[name], latency.get(name, 0.1))
-        for name in rates
-        for c in bm.CONCURRENCY
-    }
-    maps = [bm.MapAgreement("cat.jpg", 285, "Egyptian cat", 0.9901, 0.9902, 0.99999, 0.0, -0.4)]
-    return {
-        "archive": "model_store (current)",
-        "settings": {bench.OURS: "batchSize 8", bench.STOCK: "batchSize 8"},
-        "maps": maps,
-        "cells": cells,
-        "labels": {name: contender.label for name, contender in bm.contenders([]).items()},
-    }
-
-
-def table_row(report: str, header: str, first_cell: str) -> list[str]:
-    """The cells of the first row starting with ``first_cell`` in a table under ``header``."""
-    lines = report.splitlines()
-    for start in (n for n, line in enumerate(lines) if line.startswith(header)):
-        for line in lines[start + 2 :]:
-            if not line.startswith("|"):
-                break
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if cells[0] == first_cell:
-                return cells
-    raise AssertionError(f"no row {first_cell!r} under {header!r}")
-
-
-def test_report_ratios_from_constructed_numbers() -> None:
-    costs = [
-        bm.Cost("vanilla", "-", [0.16, 0.24], {"decode": 0.04, "forward_backward": 0.1}),
-        bm.Cost("smoothgrad", "samples 25", [4.0, 4.4], {"decode": 0.04, "forward_backward": 4}),
-    ]
-    info = {
-        "date": "today",
-        "machine": bench.machine(),
-        "load_start": "0 0 0",
-        "load_end": "0 0 0",
-        "photos": ["cat.jpg 10x10"],
-    }
-    report = bm.render("cmd", bm.QUICK, info, synthetic_results(), costs)
-
-    ig = table_row(report, "| concurrency | throughput ours / Captum", "8")
-    assert ig == ["8", "8.0 x", "12.0 x", "100 x"]  # 4 / 0.5 req/s, 6 / 0.5 s, 4 MB / 40 KB
-    trio = table_row(report, "| concurrency | gradcam / classification", "1")
-    assert trio == ["1", "0.90", "0.60", "1.50"]
-    load = table_row(report, "| contender | concurrency", "ours, gradcam")
-    assert load[1:4] == ["8", "20", "45.0"] and load[6] == "50,000"
-    vanilla = table_row(report, "| method | settings", "vanilla")
-    assert vanilla[2:6] == ["0.025", "0.020", "1.0", "5.0 / 12.5"]  # median 0.2 s / 8 images
-    smooth = table_row(report, "| method | settings", "smoothgrad")
-    assert smooth[2] == "0.525" and smooth[4] == "21.0"  # 4.2 / 0.2
-    assert "Lowest ours vs Captum: 0.9901 (cat.jpg, class 285)" in report
-
-
-def test_report_without_a_server_has_the_costs_only() -> None:
-    info = {
-        "date": "d",
-        "machine": bench.machine(),
-        "load_start": "",
-        "load_end": "",
-        "photos": [],
-    }
-    cost = bm.Cost("gradcam", "-", [0.08], {"decode": 0.04})
-    report = bm.render("cmd", bm.FULL, info, None, [cost])
-    assert "Captum" not in report
-    assert table_row(report, "| method | settings", "gradcam")[2] == "0.010"
-
-
-def test_write_section_appends_once_then_replaces(tmp_path: Path) -> None:
-    doc = tmp_path / "benchmarks.md"
-    doc.write_text("# Benchmarks\n\nearlier text\n")
-    bm.write_section(doc, "first run\n")
-    bm.write_section(doc, "second run\n")
-    text = doc.read_text()
-    assert text.startswith("# Benchmarks\n\nearlier text\n")
-    assert text.count(bm.HEADING) == 1 and "first run" not in text
-    assert f"{bm.BEGIN}\nsecond run\n{bm.END}" in text
-
-    doc.write_text(f"intro\n{bm.BEGIN}\nold\n{bm.END}\nafter\n")
-    bm.write_section(doc, "new\n")
-    assert doc.read_text() == f"intro\n{bm.BEGIN}\nnew\n{bm.END}\nafter\n"
 
 
 def test_stale_entries_name_what_differs(tmp_path: Path) -> None:
@@ -247,3 +128,104 @@ def test_every_method_is_costed_in_process() -> None:
     assert set(bm.METHODS) <= methods
     assert chosen["integrated_gradients (stock settings)"][1]["steps"] == "15"
     assert chosen["smoothgrad"][0] == "samples 25, noise 0.15"  # the drawn seed is not a setting
+
+
+def test_our_form_carries_the_image_and_the_options() -> None:
+    photo = Photo("cat.jpg", b"\xff\xd8jpeg", (10, 10))
+    body, kind = bm.ours_body(photo, {"method": "gradcam", "steps": "15"})
+    message = email.message_from_bytes(f"Content-Type: {kind}\r\n\r\n".encode() + body)
+    parts = {part.get_param("name", header="content-disposition"): part for part in message.walk()}
+    assert parts["image"].get_payload(decode=True) == photo.data
+    assert parts["image"].get_filename() == "cat.jpg"
+    assert parts["method"].get_payload(decode=True) == b"gradcam"
+    assert parts["steps"].get_payload(decode=True) == b"15"
+
+
+class ReportingService:
+    """Answers 200; its report of call n: decode n ms, model 10 n ms, encode 100 n ms."""
+
+    def __init__(self) -> None:
+        self.rows: list[Sequence[Mapping[str, Any]]] = []
+        self.last_report = BatchReport()
+
+    def handle_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[Answer]:
+        self.rows.append(rows)
+        n = len(self.rows) / 1000
+        seconds = {"decode": n, "forward_backward": 10 * n, "encode": 100 * n}
+        self.last_report = BatchReport(size=len(rows), seconds=seconds)
+        return [Answer(200, {}) for _ in rows]
+
+
+def test_method_costs_take_the_pipelines_stage_medians() -> None:
+    service = ReportingService()
+    photos = [Photo("a.jpg", b"a", (1, 1))]
+    costs = bm.method_costs(service, photos, repeats=3, log=lambda _: None)
+
+    chosen = bm.in_process_contenders()
+    assert [cost.name for cost in costs] == list(chosen)
+    count = len(chosen)
+    assert len(service.rows) == 4 * count  # one untimed call each, then 3 rounds
+    assert all(len(rows) == bm.BATCH for rows in service.rows)
+    first = costs[0]  # classification only: which calls were its own, in the rotating order
+    calls = [n for n, rows in enumerate(service.rows, 1) if rows[0] == service.rows[0][0]]
+    assert calls[0] == 1 and len(calls) == 4
+    assert first.stages["decode"] == pytest.approx(float(np.median(calls[1:])) / 1000)
+    assert list(first.stages) == ["decode", "forward_backward", "encode"]
+    assert len(first.seconds) == 3
+    assert service.rows[0][0] == {"image": b"a", "saliency": "false"}
+
+
+def test_answers_of_the_wrong_kind_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = bm.contenders([Photo("a.jpg", b"a", (1, 1))])
+    answers = {
+        "ig_ours": {"saliency": {"method": "integrated_gradients"}},
+        "ig_captum": np.zeros((3, 2, 2)).tolist(),
+        "classify": {"prediction": {}},
+        "gradcam": {"saliency": {"method": "gradcam"}},
+        "vanilla": {"saliency": {"method": "vanilla"}},
+    }
+    by_path = {}
+    for name, contender in pool.items():
+        by_path.setdefault(contender.path, []).append(name)
+
+    def answer(port, key, path, body) -> Any:
+        name = next(n for n in by_path[path] if pool[n].bodies[0] == body)
+        return answers[name]
+
+    monkeypatch.setattr(bm, "request", answer)
+    bm.check_answers(0, "k", pool)
+    answers["gradcam"] = {"saliency": {"method": "vanilla"}}
+    with pytest.raises(RuntimeError, match="gradcam"):
+        bm.check_answers(0, "k", pool)
+    answers["gradcam"] = {"saliency": {"method": "gradcam"}}
+    answers["classify"] = {"saliency": {"method": "vanilla"}}
+    with pytest.raises(RuntimeError, match="saliency=false"):
+        bm.check_answers(0, "k", pool)
+
+
+def test_slices_are_sized_by_what_a_request_costs(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, int, int]] = []
+
+    def fake_slice(port, key, contender, concurrency, count) -> Slice:
+        calls.append((contender.key, concurrency, count))
+        return Slice([0.1] * count, [1] * count, 0, 1.0)
+
+    monkeypatch.setattr(bm, "run_slice", fake_slice)
+    pool = bm.contenders([Photo("a.jpg", b"a", (1, 1))])
+    cells = bm.drive(0, "k", pool, bm.QUICK, log=lambda _: None)
+
+    names = list(pool)
+    assert calls[: len(names)] == [(name, 8, 8) for name in names]  # the warm-up
+    measured = calls[len(names) :]
+    assert [key for key, *_ in measured[: len(names)]] == names
+    assert [key for key, *_ in measured[len(names) : 2 * len(names)]] == names[1:] + names[:1]
+    assert ("ig_captum", 8, 8) in measured and ("ig_ours", 1, 4) in measured
+    assert ("gradcam", 8, 32) in measured
+    assert {c for _, c in cells} == {8, 1} and len(cells[("vanilla", 1)].slices) == 2
+
+
+def test_a_warm_up_with_errors_stops_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bm, "run_slice", lambda *_: Slice([], [], 8, 1.0))
+    pool = bm.contenders([Photo("a.jpg", b"a", (1, 1))])
+    with pytest.raises(RuntimeError, match="8 errors while warming up"):
+        bm.drive(0, "k", pool, bm.QUICK, log=lambda _: None)

@@ -1,4 +1,4 @@
-"""scripts/gpu_check.py's pure parts: correlations with ties, the lever rule, tables, arguments.
+"""scripts/gpu_check.py's pure parts: correlations, the lever rule, tables, arguments.
 
 No device and no timing here: figures are constructed, and the one test that renders a whole
 report feeds it a hand-made one.
@@ -11,6 +11,7 @@ import io
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -36,33 +37,28 @@ def test_pearson_stays_within_minus_one_and_one() -> None:
     assert gc.pearson(values, values) <= 1.0
 
 
-def test_average_ranks_share_the_mean_rank_of_ties() -> None:
-    assert gc.average_ranks([3.0, 1.0, 3.0, 2.0]).tolist() == [3.5, 1.0, 3.5, 2.0]
-    assert gc.average_ranks(np.zeros((2, 2))).tolist() == [2.5] * 4
-    assert gc.average_ranks([5, 5, 5, 1, 9]).tolist() == [3.0, 3.0, 3.0, 1.0, 5.0]
+def png_answer(pixels: np.ndarray, peak: float = 2.0, target: int = 7) -> object:
+    """A 200 answer shaped like the service's, carrying ``pixels`` as its 8-bit map."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+    saliency = {"png": base64.b64encode(buffer.getvalue()).decode(), "max": peak}
+    body = {
+        "prediction": {"index": target},
+        "target": {"index": target, "score": 1.5},
+        "saliency": saliency,
+    }
+    return SimpleNamespace(status=200, body=body)
 
 
-def test_spearman_with_ties_by_hand() -> None:
-    # ranks (1, 2.5, 2.5, 4) and (1, 2, 3, 4): r = 4.5 / sqrt(4.5 * 5)
-    assert gc.spearman([1, 2, 2, 3], [10, 20, 30, 40]) == pytest.approx(4.5 / math.sqrt(22.5))
-
-
-def test_spearman_sees_ranks_only() -> None:
-    values = np.random.default_rng(1).exponential(size=(32, 32))
-    assert gc.spearman(values, np.log(values) * 7 + 3) == pytest.approx(1.0)
-    assert gc.spearman(values, -values) == pytest.approx(-1.0)
-    quantised = np.round(255 * values / values.max())  # the service's 8-bit maps: many ties
-    assert 0.9 < gc.spearman(quantised, values) < 1.0
-    with pytest.raises(ValueError):
-        gc.spearman(np.ones(4), np.ones(5))
-
-
-def test_spearman_agrees_with_scipy_on_heavy_ties() -> None:
+def test_compared_maps_rank_ties_as_scipy_does() -> None:
     stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(2)
-    a = rng.integers(0, 6, size=500)
-    b = a + rng.integers(0, 4, size=500)
-    assert gc.spearman(a, b) == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
+    a = rng.integers(0, 6, size=(16, 16))  # few levels: most pixels tie
+    b = a + rng.integers(0, 4, size=(16, 16))
+    comparison = gc.compare_answers("cat.jpg", "vanilla", png_answer(a), png_answer(b))
+    expected = stats.spearmanr(a.ravel(), b.ravel()).statistic
+    assert comparison.spearman == pytest.approx(expected, abs=1e-12)
+    assert comparison.classes == (7, 7) and comparison.targets == (7, 7)
 
 
 def test_maps_agree_takes_equal_constant_maps() -> None:

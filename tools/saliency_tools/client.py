@@ -161,14 +161,42 @@ def _post(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> 
         return _decode_answer(response.read())
 
 
+def option_text(value: Any) -> str:
+    """An option as a form field or a gRPC input carries it: "281" is an index, booleans are
+    "true"/"false"."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def encode_form(
+    files: Mapping[str, tuple[str, bytes, str]], options: Mapping[str, Any] | None = None
+) -> tuple[bytes, str]:
+    """A multipart/form-data body and its content type: each file, name -> (filename, data,
+    content type), a file part; then each option a text/plain part (``option_text``).
+
+    TorchServe hands the handler every part as a field of the request row, and json-decodes a
+    file part typed application/json (the stock handler reads an explanation's ``target`` so).
+    """
+    boundary = "saliency" + os.urandom(8).hex()
+    parts = [
+        (name, f'; filename="{file}"', kind, data) for name, (file, data, kind) in files.items()
+    ]
+    parts += [
+        (name, "", "text/plain", option_text(value).encode("utf-8"))
+        for name, value in (options or {}).items()
+    ]
+    chunks = []
+    for name, filename, kind, data in parts:
+        disposition = f'form-data; name="{name}"{filename}'
+        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {kind}\r\n\r\n"
+        chunks.append(head.encode() + data + b"\r\n")
+    body = b"".join(chunks) + f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
 def grpc_input(image: bytes, options: Mapping[str, Any]) -> dict[str, bytes]:
-    """A PredictionsRequest's input map: the image under "data", options as text (multipart's
-    conventions: "281" is an index, "true"/"false" booleans)."""
-    fields = {"data": image}
-    for name, value in options.items():
-        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-        fields[name] = text.encode("utf-8")
-    return fields
+    """A PredictionsRequest's input map: the image under "data", options as text
+    (``option_text``, multipart's conventions)."""
+    return {"data": image} | {name: option_text(v).encode("utf-8") for name, v in options.items()}
 
 
 class GrpcClient:

@@ -55,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from saliency_tools import ranks
+
 JSON_NAME, MARKDOWN_NAME = "gpu_check.json", "gpu_check.md"
 MIN_PEARSON = 0.999  # device vs CPU, batch vs alone: float rounding may move a few 8-bit levels
 MIN_SPEARMAN = 0.99  # a lever that changes the arithmetic must keep the maps' ranking
@@ -89,7 +91,7 @@ QUICK = Mode("quick", (1, 8), 1, 2, 3, 4, 4)
 
 
 # ---------------------------------------------------------------------------------------------
-# Pure parts: statistics, the lever rule, tables, arguments
+# Pure parts: statistics (rank correlation: saliency_tools.ranks), the lever rule, tables
 
 
 def pearson(a: Any, b: Any) -> float:
@@ -103,25 +105,6 @@ def pearson(a: Any, b: Any) -> float:
     if denominator == 0:
         return math.nan
     return max(-1.0, min(1.0, float(x @ y) / denominator))
-
-
-def average_ranks(values: Any) -> np.ndarray:
-    """1-based ranks of the flattened values; tied values share the mean of their ranks."""
-    flat = np.asarray(values, dtype=np.float64).ravel()
-    order = np.argsort(flat, kind="mergesort")
-    ordered = flat[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    ends = np.r_[starts[1:], flat.size]
-    ranks = np.empty(flat.size)
-    ranks[order] = np.repeat((starts + 1 + ends) / 2.0, ends - starts)
-    return ranks
-
-
-def spearman(a: Any, b: Any) -> float:
-    """Spearman rank correlation with ties (Pearson of average ranks): 8-bit maps tie a lot."""
-    if np.shape(a) != np.shape(b):
-        raise ValueError(f"shapes differ: {np.shape(a)} vs {np.shape(b)}")
-    return pearson(average_ranks(a), average_ranks(b))
 
 
 def maps_agree(a: Any, b: Any, minimum: float = MIN_PEARSON) -> bool:
@@ -504,7 +487,14 @@ def compare_answers(photo: str, method: str, first: Any, second: Any) -> Compari
     difference = abs(scores[0] - scores[1]) / max(abs(scores[0]), 1.0)
     agree = classes[0] == classes[1] and targets[0] == targets[1] and maps_agree(a, b)
     return Comparison(
-        photo, method, classes, targets, pearson(a, b), spearman(a, b), difference, agree
+        photo,
+        method,
+        classes,
+        targets,
+        pearson(a, b),
+        ranks.rank_correlation(a, b),
+        difference,
+        agree,
     )
 
 
@@ -803,7 +793,7 @@ class Bench:
         """The lowest Spearman over the distinct photos, against the fp32 maps by default."""
         reference = self.reference if reference is None else self.distinct(reference)
         pairs = zip(reference, self.distinct(maps), strict=True)
-        return min(spearman(a.numpy(), b.numpy()) for a, b in pairs)
+        return min(ranks.rank_correlation(a, b) for a, b in pairs)
 
     def top1(self, logits: torch.Tensor, reference: torch.Tensor | None = None) -> str:
         expected = self.reference_top1 if reference is None else reference.argmax(1)
@@ -1137,7 +1127,7 @@ def lever_chunk(bench: Bench, labels: Any, batch: int, log: Log) -> list[LeverRo
         if not first:
             first.extend(answers)
         correlation = min(
-            spearman(answer_map(a.body), answer_map(b.body))
+            ranks.rank_correlation(answer_map(a.body), answer_map(b.body))
             for a, b in zip(first, answers, strict=True)
         )
         same = sum(

@@ -126,6 +126,12 @@ def http_json(url: str, key: str | None = None, timeout: float = 5.0):
         return json.loads(response.read())
 
 
+def describe_model(management_url: str, key: str, model: str = MODEL_NAME) -> dict:
+    """The management API's description of ``model``: its workers (status, pid), job queue and
+    batch settings. The one place that asks it (``Server.describe`` for a running ``Server``)."""
+    return http_json(f"{management_url}/models/{model}", key)[0]
+
+
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -149,11 +155,12 @@ def wait_ready(
         if pid is not None and not pid_alive(pid):
             raise RuntimeError(f"TorchServe (pid {pid}) exited during start-up; see its logs")
         try:
-            keys = read_keys(workdir / KEY_FILE)
-            described = http_json(f"{management_url}/models/{model}", keys["management"])
-            workers = described[0].get("workers", [])
+            described = describe_model(
+                management_url, read_keys(workdir / KEY_FILE)["management"], model
+            )
+            workers = described.get("workers", [])
             if any(w.get("status") == "READY" for w in workers):
-                return described[0]
+                return described
             last_error = f"workers: {[w.get('status') for w in workers]}"
         except (OSError, ValueError, KeyError, urllib.error.URLError) as exc:
             last_error = str(exc)
@@ -258,13 +265,15 @@ class Server:
         self.keys = read_keys(self.workdir / KEY_FILE)
         return self
 
+    def describe(self, model: str = MODEL_NAME) -> dict:
+        """``model`` as the management API describes it (``describe_model``)."""
+        return describe_model(self.url("management"), self.keys["management"], model)
+
     def worker_pids(self, model: str | None = MODEL_NAME) -> list[int]:
         """The worker processes of ``model``; of every registered model for None."""
         pids = []
         for name in [model] if model else self.models:
-            url = f"{self.url('management')}/models/{name}"
-            workers = http_json(url, self.keys["management"])[0]["workers"]
-            pids += [int(w["pid"]) for w in workers if w.get("pid")]
+            pids += [int(w["pid"]) for w in self.describe(name)["workers"] if w.get("pid")]
         return pids
 
     def stop(self, timeout: float = 60.0) -> None:
