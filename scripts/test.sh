@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (with the test tools) and run the whole test suite: unit tests, then tests against a
 # real TorchServe started from the built .mar. Extra arguments go to pytest.
-#   --fast (first argument)  the unit tier only: no TorchServe, nginx or browser (~1 min)
+#   --fast (first argument)  the unit tier only: no TorchServe, nginx or browser (under a minute)
+#   -m "not faults"          everything but the served load/fault/restart tests
 #   SQUEEZENET_WEIGHTS=/path/squeezenet1_1.pth  weights to use instead of downloading torchvision's
 #   SALIENCY_TEST_IMAGES=/path/to/photos        extra labelled photos (kitten.jpg, dog2.jpg, ...)
 set -euo pipefail
@@ -10,6 +11,6 @@ cd "$ROOT"
 bash scripts/setup.sh --dev
 if [[ "${1:-}" == "--fast" ]]; then  # the unit tier: no TorchServe, nginx or browser
   shift
-  set -- -m "not server and not deploy and not browser and not slow" "$@"
+  set -- -m "not server and not deploy and not browser" "$@"
 fi
 exec "$ROOT/.venv/bin/python" -m pytest "$@"

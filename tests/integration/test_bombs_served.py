@@ -10,6 +10,8 @@ from photos import packaged_photos
 
 from saliency_tools import bombs
 
+pytestmark = pytest.mark.faults  # the longest served tests: -m "not faults" skips them
+
 BOMBS = bombs.bombs()
 SERVED = ["ico with png", "ico with dib", "tiff tiles", "gif frame over its screen"]
 

@@ -31,6 +31,8 @@ from serving import post, wait_for
 from saliency_tools.archive import variant_archive
 from saliency_tools.server import Server, pid_alive
 
+pytestmark = pytest.mark.faults  # the longest served tests: -m "not faults" skips them
+
 LOAD_REQUESTS = int(os.environ.get("SALIENCY_LOAD_REQUESTS", "1600"))
 LOAD_CLIENTS = 32
 SOAK_REQUESTS = int(os.environ.get("SALIENCY_SOAK_REQUESTS", "1000"))

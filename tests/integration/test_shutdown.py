@@ -32,6 +32,8 @@ from saliency_tools.server import (
     with_ports,
 )
 
+pytestmark = pytest.mark.faults  # the longest served tests: -m "not faults" skips them
+
 
 class Checkout:
     """A scratch repository root in which scripts/serve.sh and stop.sh run for real."""
