@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,19 @@ def chelsea_jpeg(chelsea: np.ndarray) -> bytes:
 def encoder() -> Callable[..., bytes]:
     """``encode`` as a fixture, so that test modules need not import this conftest."""
     return encode
+
+
+@pytest.fixture(scope="session")
+def tiny_programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The custom 10-class CNN (tests/custom_models.py) saved as TorchScript, as a torch.export
+    program with a dynamic batch and as one with a fixed batch (``static``). Exporting takes
+    about a second; the files are only read (test_custom_models.py, test_build_mar_custom.py)."""
+    from custom_models import save_exported, save_torchscript, tiny_net
+
+    directory = tmp_path_factory.mktemp("tiny_programs")
+    net = tiny_net()
+    return {
+        "torchscript": save_torchscript(net, directory / "tiny.pt"),
+        "export": save_exported(net, directory / "tiny.pt2"),
+        "static": save_exported(net, directory / "static.pt2", dynamic=False),
+    }

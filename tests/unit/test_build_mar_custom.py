@@ -26,8 +26,9 @@ from saliency_tools import archive as build_mar
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """SqueezeNet 1.1 with 10 classes (small weights), the custom CNN in both formats, labels."""
+def files(tmp_path_factory: pytest.TempPathFactory, tiny_programs) -> dict[str, Path]:
+    """SqueezeNet 1.1 with 10 classes (small weights), the custom CNN in both formats (shared:
+    tests/unit/conftest.py), labels."""
     directory = tmp_path_factory.mktemp("inputs")
     torchvision_state("squeezenet1_1", 10, directory / "squeeze10.pth")
     net = tiny_net()
@@ -44,10 +45,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     sparse = directory / "sparse.json"
     sparse.write_text('{"0": "a", "5": "b"}')
     return {
+        **tiny_programs,
         "squeeze10": directory / "squeeze10.pth",
-        "torchscript": save_torchscript(net, directory / "tiny.pt"),
-        "export": save_exported(net, directory / "tiny.pt2"),
-        "static": save_exported(net, directory / "static.pt2", dynamic=False),
         "train_mode": save_exported(train_mode, directory / "train.pt2"),
         "tuple": save_torchscript(TinyTuple(), directory / "tuple.pt"),
         "module": module,

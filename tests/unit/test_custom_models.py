@@ -18,8 +18,6 @@ from custom_models import (
     TINY_RESIZE,
     TINY_STD,
     reference_map,
-    save_exported,
-    save_torchscript,
     tiny_net,
     torchvision_state,
 )
@@ -55,15 +53,9 @@ def noise(width: int, height: int, seed: int = 0) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    directory = tmp_path_factory.mktemp("models")
-    net = tiny_net()
-    return {
-        "torchscript": save_torchscript(net, directory / "tiny.pt"),
-        "export": save_exported(net, directory / "tiny.pt2"),
-        "static": save_exported(net, directory / "static.pt2", dynamic=False),
-        "directory": directory,
-    }
+def files(tiny_programs: dict[str, Path]) -> dict[str, Path]:
+    """The custom CNN as TorchScript and as torch.export programs (tests/unit/conftest.py)."""
+    return dict(tiny_programs)
 
 
 # --- the spec ----------------------------------------------------------------------------------
@@ -256,7 +248,6 @@ def test_an_unknown_architecture_is_named() -> None:
         ("convnext_tiny", "features"),
         ("efficientnet_b0", "features"),  # its squeeze-and-excitation blocks pool too
         ("densenet121", "features"),  # pooled by a function, not a module
-        ("vit_b_16", None),  # tokens, not a feature map
     ],
 )
 def test_the_cam_layer_is_found(arch: str, layer: str | None) -> None:
@@ -264,6 +255,20 @@ def test_the_cam_layer_is_found(arch: str, layer: str | None) -> None:
         torch.manual_seed(0)
         model = torchvision_model(arch, 5).eval()
     assert find_cam_layer(model, 224) == layer
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+    """A seeded 3-class ViT-B/16 and its saved state_dict: built once, each build takes seconds.
+    Only read (the service below loads its own copy from the file)."""
+    path = tmp_path_factory.mktemp("vit") / "vit.pth"
+    return torchvision_state("vit_b_16", 3, path), path
+
+
+def test_a_vision_transformer_has_no_cam_layer(vit) -> None:
+    """Tokens, not a feature map."""
+    model, _ = vit
+    assert find_cam_layer(model, 224) is None
 
 
 def test_the_cam_layer_of_a_custom_cnn() -> None:
@@ -343,9 +348,8 @@ def test_a_program_service_answers_like_the_reference(files, kind, chelsea, tmp_
     assert "module hooks do not run" in gradcam.body["error"]["message"]
 
 
-def test_a_model_without_a_cam_layer_says_so(tmp_path: Path) -> None:
-    path = tmp_path / "vit.pth"
-    torchvision_state("vit_b_16", 3, path)
+def test_a_model_without_a_cam_layer_says_so(vit, tmp_path: Path) -> None:
+    _, path = vit
     labels = tmp_path / "labels.json"
     labels.write_text('["a", "b", "c"]')
     spec = ModelSpec("torchvision", "vit_b_16", 3)

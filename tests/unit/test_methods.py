@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from saliency_service.errors import RequestError
+from saliency_service.images import Preprocessing
 from saliency_service.methods import METHODS, SampledMethod, SinglePassMethod, owners_of
 from saliency_service.parsing import Options, RequestLimits, parse_options
 from saliency_service.pipeline import SaliencyService, ServiceConfig
@@ -33,10 +34,16 @@ def decoded(answer: dict) -> np.ndarray:
     return pixels.astype(int)
 
 
+# Model inputs of 112 x 112 instead of 224 x 224 (a quarter of the work) where the input's size is
+# not the point: a batch against its requests alone, the passes a batch is cut into.
+SMALL = Preprocessing(resize=128, crop=112)
+
+
 @pytest.fixture(scope="module")
 def service(exact_model, labels) -> SaliencyService:
     """float64: a batch against its requests alone is about exactness (test_attribution.py)."""
-    return SaliencyService(copy.deepcopy(exact_model), labels, config=ServiceConfig())
+    config = ServiceConfig(preprocessing=SMALL)
+    return SaliencyService(copy.deepcopy(exact_model), labels, config=config)
 
 
 def test_the_registry_holds_every_method_under_its_own_name() -> None:
@@ -169,19 +176,32 @@ def test_vanilla_and_gradcam_of_the_same_photos_answer_as_if_alone(
     assert decoded(together[4].body).tolist() == decoded(together[5].body).tolist()
 
 
-def test_each_method_reports_what_it_computed(service, coffee_png) -> None:
+def test_each_method_reports_what_it_computed(model, labels, coffee_png) -> None:
+    """What the request set and what the defaults filled in (the defaults themselves:
+    test_defaults). float32 and small settings: reporting is not about exactness or sizes."""
+    service = SaliencyService(copy.deepcopy(model), labels)
+    requested = {"smoothgrad": {"samples": 2}, "smoothgrad_sq": {"samples": 3, "noise": 0.25}}
+    requested |= {"vargrad": {"samples": 2, "seed": 9}, "integrated_gradients": {"steps": 3}}
     answers = {}
     for name in ALL:
-        (answer,) = service.handle_batch([row(coffee_png, method=name)])
+        (answer,) = service.handle_batch([row(coffee_png, method=name, **requested.get(name, {}))])
         assert answer.status == 200, answer.body
         answers[name] = answer.body["saliency"]
         assert answers[name]["method"] == name
+        settings = {**parse({"method": name}).settings, **requested.get(name, {})}
+        for key, value in settings.items():  # a seed left out is drawn: checked below
+            assert value is None or answers[name][key] == value, (name, key)
     assert answers["gradcam"]["layer"] == "features.12"
     assert (answers["gradcam"]["coarse_width"], answers["gradcam"]["coarse_height"]) == (13, 13)
-    assert answers["integrated_gradients"]["steps"] == 32
+    assert answers["integrated_gradients"]["steps"] == 3
+    assert answers["integrated_gradients"]["baseline"] == "zero"
     assert isinstance(answers["integrated_gradients"]["delta"], float)
     for name in ("smoothgrad", "smoothgrad_sq", "vargrad"):
         assert {"samples", "noise", "seed"} <= answers[name].keys()
+        assert isinstance(answers[name]["seed"], int)
+    assert (answers["smoothgrad"]["samples"], answers["smoothgrad"]["noise"]) == (2, 0.15)
+    assert (answers["smoothgrad_sq"]["samples"], answers["smoothgrad_sq"]["noise"]) == (3, 0.25)
+    assert answers["vargrad"]["seed"] == 9
     assert not {"samples", "steps", "layer", "delta"} & answers["vanilla"].keys()
 
 
@@ -195,7 +215,9 @@ def test_single_pass_methods_pass_by_need_and_sampled_methods_share_chunks(
     model, labels, chelsea_png, coffee_png
 ) -> None:
     service = SaliencyService(
-        copy.deepcopy(model), labels, config=ServiceConfig(max_gradient_batch=4)
+        copy.deepcopy(model),
+        labels,
+        config=ServiceConfig(max_gradient_batch=4, preprocessing=SMALL),
     )
     batches, hook = count_passes(service.model)
     try:
