@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Set up everything the service needs; sourced by serve.sh and test.sh, safe to run again.
-#   scripts/setup.sh [--dev]
+#   scripts/setup.sh [--dev] [--no-archive]
 # - .venv at the repository root with the pinned requirements (--dev: test tools too) and our
 #   packages: handler/ (the runtime, saliency_service) and tools/ (saliency_tools), editable
 # - --dev: .venv-tools with requirements-tools.txt (scanners whose dependencies clash with .venv)
 # - Java 17+ for TorchServe's front end
 # - the weights ($SQUEEZENET_WEIGHTS, else torchvision's file, downloaded and checksummed)
-# - model_store/squeezenet_saliency.mar
+# - model_store/squeezenet_saliency.mar (not with --no-archive: the unit tier needs none)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,7 +16,15 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
 requirements="$ROOT/requirements.txt"
-[[ "${1:-}" == "--dev" ]] && requirements="$ROOT/requirements-dev.txt"
+dev=false archive=true
+for argument in "$@"; do
+  case "$argument" in
+    --dev) dev=true ;;
+    --no-archive) archive=false ;;
+    *) die "unknown option $argument (scripts/setup.sh [--dev] [--no-archive])" ;;
+  esac
+done
+$dev && requirements="$ROOT/requirements-dev.txt"
 
 # Python 3.11+ with venv: the pinned numpy (2.4) and Pillow (13) publish nothing older.
 command -v "$PYTHON_BIN" >/dev/null || die "python3 not found; install Python 3.11 (e.g. apt-get install python3 python3-venv)."
@@ -53,7 +61,7 @@ if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$digest" ]]; then
 fi
 
 # Scanners with their own dependency trees (checkov), apart from the serving pins.
-if [[ "${1:-}" == "--dev" ]]; then
+if $dev; then
   TOOLS="$ROOT/.venv-tools"
   tools_stamp="$TOOLS/.requirements-tools"
   tools_digest="$(sha256sum "$ROOT/requirements-tools.txt" | cut -c1-16)"
@@ -67,5 +75,7 @@ fi
 
 # Weights and the model archive: rebuilt when handler/ changed or weights are named
 # ($SQUEEZENET_WEIGHTS); a current archive is kept, so a later run needs no network or weights.
-say "model_store/squeezenet_saliency.mar"
-"$VENV/bin/python" "$ROOT/scripts/build_mar.py" --if-stale >&2
+if $archive; then
+  say "model_store/squeezenet_saliency.mar"
+  "$VENV/bin/python" "$ROOT/scripts/build_mar.py" --if-stale >&2
+fi

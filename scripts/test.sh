@@ -8,9 +8,11 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash scripts/setup.sh --dev
-if [[ "${1:-}" == "--fast" ]]; then  # the unit tier: no TorchServe, nginx or browser
+if [[ "${1:-}" == "--fast" ]]; then  # the unit tier: no TorchServe, nginx, browser or archive
   shift
+  bash scripts/setup.sh --dev --no-archive
   set -- -m "not server and not deploy and not browser" "$@"
+else
+  bash scripts/setup.sh --dev
 fi
 exec "$ROOT/.venv/bin/python" -m pytest "$@"
