@@ -17,6 +17,7 @@ tells a map from one of another target, objective or image, and from the map sca
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -35,6 +36,7 @@ from saliency_service.attribution import (
 from saliency_service.attribution.objectives import resolve_targets
 
 RTOL = 1e-9
+Reference = Callable[[int, int | None, str], tuple[torch.Tensor, int, torch.Tensor]]
 
 
 def assert_maps_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -76,15 +78,32 @@ def explicit_targets(logits: torch.Tensor) -> list[int]:
     return chosen
 
 
-def check_against_reference(model, batch, result, targets, objectives) -> None:
-    for i in range(batch.shape[0]):
-        expected, y, _ = gradient_map(model, batch[i], targets[i], objectives[i])
-        assert int(result.targets[i]) == y, f"image {i}"
-        assert_maps_close(result.maps[i], expected)
+@pytest.fixture(scope="module")
+def reference(model: torch.nn.Module, batch: torch.Tensor) -> Reference:
+    """``gradient_map`` of ``batch[i]`` for a target (None: the predicted class) and objective,
+    each computed once per module: most tests check against the same few of the 16 maps. Filled
+    lazily, so that a test's outcome does not depend on which ran before it; never modified."""
+    computed: dict[tuple[int, int | None, str], tuple[torch.Tensor, int, torch.Tensor]] = {}
+
+    def of(i: int, target: int | None, objective: str) -> tuple[torch.Tensor, int, torch.Tensor]:
+        key = (i, target, objective)
+        if key not in computed:
+            computed[key] = gradient_map(model, batch[i], target, objective)
+        return computed[key]
+
+    return of
+
+
+def check_against_reference(reference: Reference, result, images, targets, objectives) -> None:
+    """Row n of ``result`` against the reference of image ``images[n]``."""
+    for n, (i, target, objective) in enumerate(zip(images, targets, objectives, strict=True)):
+        expected, y, _ = reference(i, target, objective)
+        assert int(result.targets[n]) == y, f"image {i}"
+        assert_maps_close(result.maps[n], expected)
 
 
 @pytest.mark.parametrize("objective", ["score", "loss"])
-def test_predicted_targets_match_reference(model, batch, logits, objective) -> None:
+def test_predicted_targets_match_reference(model, batch, logits, reference, objective) -> None:
     result = vanilla_saliency(model, batch, objectives=objective)
     assert result.maps.shape == (4, 224, 224)
     assert result.maps.dtype == batch.dtype
@@ -92,34 +111,36 @@ def test_predicted_targets_match_reference(model, batch, logits, objective) -> N
     assert result.targets.dtype == torch.int64
     assert result.targets.tolist() == logits.argmax(dim=1).tolist()
     torch.testing.assert_close(result.logits, logits, rtol=RTOL, atol=RTOL)
-    check_against_reference(model, batch, result, [None] * 4, [objective] * 4)
+    check_against_reference(reference, result, range(4), [None] * 4, [objective] * 4)
 
 
 @pytest.mark.parametrize("objective", ["score", "loss"])
-def test_explicit_targets_match_reference(model, batch, explicit_targets, objective) -> None:
+def test_explicit_targets_match_reference(
+    model, batch, explicit_targets, reference, objective
+) -> None:
     targets = torch.tensor(explicit_targets)
     result = vanilla_saliency(model, batch, targets, objective)
     assert result.targets.tolist() == explicit_targets
-    check_against_reference(model, batch, result, explicit_targets, [objective] * 4)
+    check_against_reference(reference, result, range(4), explicit_targets, [objective] * 4)
 
 
-def test_mixed_batch_matches_reference(model, batch, explicit_targets) -> None:
+def test_mixed_batch_matches_reference(model, batch, explicit_targets, reference) -> None:
     """Per-sample objectives and targets, PREDICTED mixed with explicit classes."""
     targets = [explicit_targets[0], None, explicit_targets[2], None]
     objectives = ["score", "loss", "loss", "score"]
     requested = torch.tensor([PREDICTED if t is None else t for t in targets])
     result = vanilla_saliency(model, batch, requested, objectives)
-    check_against_reference(model, batch, result, targets, objectives)
+    check_against_reference(reference, result, range(4), targets, objectives)
 
 
-def test_tolerance_discriminates(model, batch, explicit_targets) -> None:
+def test_tolerance_discriminates(model, batch, explicit_targets, reference) -> None:
     """The comparison above would notice another target, objective or image, or a 1e-7 scale."""
     result = vanilla_saliency(model, batch[:2], objectives="score")
-    own = gradient_map(model, batch[0], None, "score")[0]
+    own = reference(0, None, "score")[0]
     others = [
-        gradient_map(model, batch[0], explicit_targets[0], "score")[0],  # other class
-        gradient_map(model, batch[0], None, "loss")[0],  # other objective
-        gradient_map(model, batch[1], None, "score")[0],  # other image
+        reference(0, explicit_targets[0], "score")[0],  # other class
+        reference(0, None, "loss")[0],  # other objective
+        reference(1, None, "score")[0],  # other image
         own * (1 + 1e-7),  # a tiny scale error
     ]
     assert_maps_close(result.maps[0], own)
@@ -146,7 +167,11 @@ def test_smaller_inputs_are_accepted(model) -> None:
     result = vanilla_saliency(model, images, objectives="loss")
     assert result.maps.shape == (2, 64, 64)
     assert result.logits.shape == (2, 1000)
-    check_against_reference(model, images, result, [None, None], ["loss", "loss"])
+
+    def of(i: int, target: int | None, objective: str) -> tuple[torch.Tensor, int, torch.Tensor]:
+        return gradient_map(model, images[i], target, objective)
+
+    check_against_reference(of, result, range(2), [None, None], ["loss", "loss"])
 
 
 def test_no_parameter_gradients_and_inputs_untouched(model, batch) -> None:
@@ -169,17 +194,17 @@ def test_unfrozen_model_gives_the_same_maps_without_weight_gradients(model, batc
     assert_maps_close(unfrozen.maps[1], frozen.maps[1])
 
 
-def test_inference_tensors_as_inputs(model, batch, explicit_targets) -> None:
+def test_inference_tensors_as_inputs(model, batch, explicit_targets, reference) -> None:
     with torch.inference_mode():
         inputs = batch[:2].clone()
         requested = torch.tensor([explicit_targets[0], PREDICTED])
     assert inputs.is_inference()
     result = vanilla_saliency(model, inputs, requested, "score")
-    check_against_reference(model, batch[:2], result, [explicit_targets[0], None], ["score"] * 2)
+    check_against_reference(reference, result, range(2), [explicit_targets[0], None], ["score"] * 2)
 
 
 @pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
-def test_called_where_autograd_is_off(model, batch, explicit_targets, mode) -> None:
+def test_called_where_autograd_is_off(model, batch, explicit_targets, reference, mode) -> None:
     """TorchServe calls handlers under torch.inference_mode()."""
     context = torch.inference_mode() if mode == "inference_mode" else torch.no_grad()
     with context:
@@ -187,7 +212,7 @@ def test_called_where_autograd_is_off(model, batch, explicit_targets, mode) -> N
         requested = torch.tensor([PREDICTED, explicit_targets[3]])
         result = vanilla_saliency(model, inputs, requested, ["loss", "score"])
     check_against_reference(
-        model, batch[2:], result, [None, explicit_targets[3]], ["loss", "score"]
+        reference, result, range(2, 4), [None, explicit_targets[3]], ["loss", "score"]
     )
     assert all(p.grad is None for p in model.parameters())
 

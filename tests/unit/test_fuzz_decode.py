@@ -33,7 +33,9 @@ IMAGE_LIMITS = images.ImageLimits(max_bytes=2 * 1024 * 1024, max_pixels=2_000_00
 REQUEST_LIMITS = RequestLimits(max_image_bytes=IMAGE_LIMITS.max_bytes)
 LABELS = Labels(torchvision_categories())
 FUZZ = settings(
-    max_examples=300,
+    # Measured: 120 reach every outcome that 300 did (a tensor; invalid_image, image_too_large;
+    # each parsing error code but unknown_label, which tests/bad_inputs.py covers by name).
+    max_examples=120,
     deadline=None,
     derandomize=True,  # the same examples on every run: CI failures reproduce
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

