@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import reference
 import torch
 from reference import load_rgb
 from torch import nn
@@ -147,9 +148,6 @@ def reference_map(
     """(vanilla map (crop, crop), target class, logits) for one encoded image, in float64 (or
     ``dtype``: float64 depthwise convolutions have no fast kernel, seconds each on 2 cores)."""
     exact = copy.deepcopy(model).to(dtype).eval()
-    x = preprocessed(data, resize, crop, mean, std, interpolation)
-    x = x.unsqueeze(0).to(dtype).requires_grad_(True)
-    logits = exact(x)
-    y = int(logits.argmax()) if target is None else target
-    logits[0, y].backward()
-    return x.grad[0].abs().max(dim=0).values.float().numpy(), y, logits.detach()[0].float()
+    x = preprocessed(data, resize, crop, mean, std, interpolation).to(dtype)
+    saliency, y, logits = reference.gradient_map(exact, x, target)
+    return saliency.float().numpy(), y, logits.float()

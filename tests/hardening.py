@@ -24,6 +24,8 @@ from photos import encode as encode
 from serving import post as post
 from serving import wait_for as wait_for
 
+from saliency_service.rendering import png_chunk
+
 
 def error_of(response: requests.Response) -> tuple[int, str]:
     """(status, code) of one of the service's own errors, checking its shape on the way."""
@@ -40,14 +42,12 @@ def error_of(response: requests.Response) -> tuple[int, str]:
 def png_claiming(width: int, height: int) -> bytes:
     """A few hundred bytes of well-formed PNG whose header claims width x height RGB pixels."""
 
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload)
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     rows = zlib.compress(b"\0" * (width * 3 + 1) * 4, 9)
     signature = b"\x89PNG\r\n\x1a\n"
-    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    return (
+        signature + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b"")
+    )
 
 
 def assert_same_answer(alone: dict, other: dict, levels: float = 0) -> None:

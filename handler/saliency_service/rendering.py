@@ -114,7 +114,12 @@ def gray_png(pixels: np.ndarray) -> bytes:
         compressor = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
     data = compressor.compress(rows.tobytes()) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray, no interlace
-    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+    return (
+        PNG_SIGNATURE
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", data)
+        + png_chunk(b"IEND", b"")
+    )
 
 
 # Sub-filtered rows are chosen when their residuals sum to at most this fraction of the pixels'
@@ -135,7 +140,8 @@ def smooth(pixels: np.ndarray, residuals: np.ndarray | None = None) -> bool:
     return total > 0 and int(magnitudes.sum(dtype=np.int64)) <= SMOOTH_RESIDUALS * total
 
 
-def _chunk(kind: bytes, payload: bytes) -> bytes:
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, payload, CRC-32 of type and payload."""
     crc = zlib.crc32(kind + payload)
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
 

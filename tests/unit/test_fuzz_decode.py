@@ -27,6 +27,7 @@ from saliency_service import images
 from saliency_service.errors import RequestError
 from saliency_service.labels import Labels, torchvision_categories
 from saliency_service.parsing import RequestLimits, parse_request
+from saliency_service.rendering import png_chunk
 
 # Small limits keep each example fast; the checks are the same code as with production limits.
 IMAGE_LIMITS = images.ImageLimits(max_bytes=2 * 1024 * 1024, max_pixels=2_000_000)
@@ -236,16 +237,14 @@ def test_huge_strings_are_not_echoed_in_errors() -> None:
 def png_gray16(width: int, height: int) -> bytes:
     """A 16-bit grayscale PNG, width x height, of a horizontal ramp (compresses to a few KB)."""
 
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload)
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
     row = b"\0" + np.linspace(0, 65535, width).astype(">u2").tobytes()
     compressor = zlib.compressobj(9)
     rows = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
     signature = b"\x89PNG\r\n\x1a\n"
-    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    return (
+        signature + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b"")
+    )
 
 
 def test_a_large_16_bit_image_is_scaled_without_float_copies_of_all_of_it() -> None:

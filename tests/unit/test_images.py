@@ -15,6 +15,7 @@ from torchvision import transforms
 
 from saliency_service.errors import RequestError
 from saliency_service.images import ImageLimits, decode, preprocess
+from saliency_service.rendering import png_chunk
 
 # torchvision's classic ImageNet evaluation transform, without the normalisation: the service's
 # tensor is un-normalised before the comparison, so that differences read as 8-bit levels.
@@ -34,10 +35,6 @@ def noise(width: int, height: int, seed: int = 0) -> Image.Image:
 def pixels(image: Image.Image) -> np.ndarray:
     assert image.mode == "RGB"
     return np.asarray(image).astype(int)
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def bilevel_png(width: int, height: int) -> bytes:

@@ -15,16 +15,9 @@ import zlib
 
 from PIL import Image
 
+from saliency_service.rendering import png_chunk
+
 SIDE = 24_000  # 576 megapixels: 1.7 GB as RGB, far over the 40-megapixel limit
-
-
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(payload))
-        + kind
-        + payload
-        + struct.pack(">I", zlib.crc32(kind + payload))
-    )
 
 
 def _zeros_deflated(row_bytes: int, rows: int) -> bytes:
@@ -45,21 +38,21 @@ def png(width: int = SIDE, height: int = SIDE, *, frames: int = 0) -> bytes:
     """A valid all-black RGB PNG (~1000:1); ``frames`` > 0 makes it an APNG of that many frames."""
     idat = _zeros_deflated(3 * width + 1, height)
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunks = [_chunk(b"IHDR", header)]
+    chunks = [png_chunk(b"IHDR", header)]
     if frames:
-        chunks.append(_chunk(b"acTL", struct.pack(">II", frames, 0)))
+        chunks.append(png_chunk(b"acTL", struct.pack(">II", frames, 0)))
     sequence = 0
     for frame in range(max(frames, 1)):
         if frames:
             control = struct.pack(">IIIIIHHBB", sequence, width, height, 0, 0, 1, 10, 0, 0)
-            chunks.append(_chunk(b"fcTL", control))
+            chunks.append(png_chunk(b"fcTL", control))
             sequence += 1
         if frame == 0:
-            chunks.append(_chunk(b"IDAT", idat))
+            chunks.append(png_chunk(b"IDAT", idat))
         else:
-            chunks.append(_chunk(b"fdAT", struct.pack(">I", sequence) + idat))
+            chunks.append(png_chunk(b"fdAT", struct.pack(">I", sequence) + idat))
             sequence += 1
-    chunks.append(_chunk(b"IEND", b""))
+    chunks.append(png_chunk(b"IEND", b""))
     return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
 
 
