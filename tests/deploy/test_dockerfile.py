@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from saliency_tools import MAR
 from saliency_tools.config import read_properties
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +103,7 @@ def test_hadolint_is_effective() -> None:
 
 def test_every_copied_file_exists_and_is_in_the_build_context() -> None:
     sources = [src for srcs, _, flags in copies() if "from" not in flags for src in srcs]
-    assert "model_store/squeezenet_saliency.mar" in sources
+    assert f"model_store/{MAR.name}" in sources
     for source in sources:
         matches = list(ROOT.glob(source))
         assert matches, f"COPY {source}: missing (scripts/setup.sh builds the .mar)"
@@ -146,7 +147,7 @@ def test_runtime_paths_come_from_the_build() -> None:
     wanted += json_words("ENTRYPOINT") + json_words("HEALTHCHECK")[:1]
     for path in wanted:
         if path.endswith("model-store"):
-            assert f"{path}/squeezenet_saliency.mar" in files
+            assert f"{path}/{MAR.name}" in files
         else:
             assert path in files, f"{path} is not produced by the Dockerfile: {sorted(files)}"
 
@@ -190,4 +191,4 @@ def test_container_config_exposes_inference_only_and_keeps_the_protections() -> 
     assert exposed == [config["inference_address"].rsplit(":", 1)[1]]
     files = image_files()
     assert config["metrics_config"] in files
-    assert f"{config['model_store']}/squeezenet_saliency.mar" in files
+    assert f"{config['model_store']}/{MAR.name}" in files

@@ -77,7 +77,7 @@ def test_the_management_key_works(server) -> None:
 @pytest.mark.parametrize("token", [None, "management", "api"])
 def test_model_registration_is_off(server, token) -> None:
     """POST /models (load a .mar from a path or URL: arbitrary code) stays disabled."""
-    response = management(server, "POST", "/models?url=squeezenet_saliency.mar", token)
+    response = management(server, "POST", f"/models?url={MODEL_NAME}.mar", token)
     assert response.status_code in (REFUSED, 405), response.text
     if token == "management":
         assert response.status_code == 405  # disabled, even with the right key

@@ -21,8 +21,9 @@ from saliency_service.methods import METHODS
 from saliency_service.parsing import Options
 from saliency_service.pipeline import SaliencyService, ServiceConfig
 from saliency_service.routing import Routing, lower_priority
+from saliency_tools import MODEL_NAME, SAMPLED_MODEL_NAME
 
-INTERACTIVE, SAMPLED = "squeezenet_saliency", "squeezenet_saliency_sampled"
+INTERACTIVE, SAMPLED = MODEL_NAME, SAMPLED_MODEL_NAME
 ROUTED = {"sampled_model": SAMPLED, "max_passes": 1}
 # Every method at small settings: what each sends through the network is counted below.
 REQUESTS = {

@@ -13,7 +13,7 @@ imports the modules from there, so the stubs always match the installed grpcio/p
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -75,10 +75,17 @@ def load() -> Stubs:
     if _loaded is None:
         with tempfile.TemporaryDirectory(prefix="torchserve-grpc-") as tmp:
             compile_protos(Path(tmp))
-            # The generated *_grpc modules import their *_pb2 by top-level name.
-            sys.path.insert(0, tmp)
-            try:
-                _loaded = Stubs(*(importlib.import_module(name) for name in MODULES))
-            finally:
-                sys.path.remove(tmp)
+            _loaded = Stubs(*(_import_file(name, Path(tmp)) for name in MODULES))
     return _loaded
+
+
+def _import_file(name: str, directory: Path) -> ModuleType:
+    """Import ``directory/name.py`` as the top-level module ``name``, without touching sys.path:
+    the generated *_grpc modules import their *_pb2 by that name, which sys.modules answers."""
+    spec = importlib.util.spec_from_file_location(name, directory / f"{name}.py")
+    if spec is None or spec.loader is None:
+        raise StubsUnavailable(f"protoc wrote no {name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
