@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from hardening import encode, png_claiming
-from photos import packaged_photos
+from hardening import png_claiming
+from photos import encode, packaged_photos
 from PIL import Image
 
 PHOTOS = packaged_photos()

@@ -19,11 +19,6 @@ import numpy as np
 import reference
 import requests
 
-# Re-exported: some tests import them from here.
-from photos import encode as encode
-from serving import post as post
-from serving import wait_for as wait_for
-
 from saliency_service.rendering import png_chunk
 
 

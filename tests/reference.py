@@ -17,14 +17,26 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torchvision import transforms
 
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # ImageNet's, as torchvision's weights
+# A black image in the normalised input space: Integrated Gradients' "black" baseline.
+BLACK = (-torch.tensor(MEAN, dtype=torch.float64) / torch.tensor(STD)).view(3, 1, 1)
+
+
+def preprocess(crop: int = 224, resize: int | None = 256) -> transforms.Compose:
+    """torchvision's stock transforms: resize the short side (to ``crop`` if None), centre crop,
+    to tensor, normalise."""
+    return transforms.Compose(
+        [
+            transforms.Resize(resize or crop),
+            transforms.CenterCrop(crop),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=MEAN, std=STD),
+        ]
+    )
+
+
 RESIZE_CROP = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
-STANDARD_PREPROCESS = transforms.Compose(
-    [
-        RESIZE_CROP,
-        transforms.ToTensor(),
-        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-    ]
-)
+STANDARD_PREPROCESS = preprocess()
 
 
 def load_rgb(data: bytes) -> Image.Image:

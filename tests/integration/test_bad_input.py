@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from bad_inputs import BAD_REQUESTS, FRONT_END_ONLY, BadRequest
-from hardening import encode, error_of, png_claiming, proc_status
-from photos import CAT_CLASSES, packaged_photos
+from hardening import error_of, png_claiming, proc_status
+from photos import CAT_CLASSES, encode, packaged_photos
 from PIL import Image, ImageOps
 
 PHOTOS = packaged_photos()

@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from hardening import post, wait_for
 from photos import packaged_photos
+from serving import post, wait_for
 
 from saliency_tools import MODEL_NAME, ROOT
 from saliency_tools import server as torchserve_ctl

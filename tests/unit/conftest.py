@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hardening import encode
+from photos import encode
 
 from saliency_service.labels import Labels, torchvision_categories
 from saliency_service.model import build_model

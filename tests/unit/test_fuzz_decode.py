@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hardening import encode, png_claiming
+from hardening import png_claiming
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from photos import encode
 from PIL import Image, ImageFile
 
 from saliency_service import images

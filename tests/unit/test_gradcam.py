@@ -39,6 +39,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+import reference
 import torch
 import torch.nn.functional as F
 from captum.attr import LayerGradCam
@@ -46,21 +47,12 @@ from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
-from torchvision import transforms
 
 from saliency_service.attribution import PREDICTED, cam_from_gradients, gradcam, pass_gradients
 from saliency_service.attribution.heads import PooledClassMaps
 from saliency_service.attribution.passes import batch_pass
 
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-STANDARD = transforms.Compose(
-    [
-        transforms.Resize(256),
-        transforms.CenterCrop(224),
-        transforms.ToTensor(),
-        transforms.Normalize(mean=MEAN, std=STD),
-    ]
-)
+STANDARD = reference.STANDARD_PREPROCESS
 RTOL = 1e-9
 RANK = 400  # explicit target: the class ranked 400th, where the ReLU cuts (see module docstring)
 U32 = 2.0**-24  # unit roundoff of float32

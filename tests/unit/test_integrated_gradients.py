@@ -30,27 +30,19 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+import reference
 import torch
 import torch.nn.functional as F
 from captum.attr import IntegratedGradients
 from captum.attr._utils.approximation_methods import gauss_legendre_builders
 from PIL import Image
 from torch import nn
-from torchvision import transforms
 
 from saliency_service.attribution import PREDICTED, gauss_legendre, integrated_gradients
 
 SIZE = 64
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-SMALL = transforms.Compose(
-    [
-        transforms.Resize(SIZE),
-        transforms.CenterCrop(SIZE),
-        transforms.ToTensor(),
-        transforms.Normalize(mean=MEAN, std=STD),
-    ]
-)
-BLACK = (-torch.tensor(MEAN, dtype=torch.float64) / torch.tensor(STD)).view(3, 1, 1)
+SMALL = reference.preprocess(SIZE, resize=None)
+BLACK = reference.BLACK
 ZERO = torch.zeros(3, 1, 1, dtype=torch.float64)
 RTOL = 1e-9
 U32 = 2.0**-24  # unit roundoff of float32

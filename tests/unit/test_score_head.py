@@ -23,10 +23,10 @@ from functools import partial
 
 import numpy as np
 import pytest
+import reference
 import torch
 from PIL import Image
 from torch import nn
-from torchvision import transforms
 from torchvision.models import SqueezeNet
 
 from saliency_service.attribution import integrated_gradients, smoothgrad_saliency
@@ -40,16 +40,8 @@ from saliency_service.methods.engine import explain
 from saliency_service.model import build_model, load_state_dict
 
 SIZE = 112  # 6 x 6 class maps: enough positions for ReLU to clip some and pass others
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-SMALL = transforms.Compose(
-    [
-        transforms.Resize(SIZE),
-        transforms.CenterCrop(SIZE),
-        transforms.ToTensor(),
-        transforms.Normalize(mean=MEAN, std=STD),
-    ]
-)
-BLACK = (-torch.tensor(MEAN, dtype=torch.float64) / torch.tensor(STD)).view(3, 1, 1)
+SMALL = reference.preprocess(SIZE, resize=None)
+BLACK = reference.BLACK
 RTOL = 1e-9
 
 

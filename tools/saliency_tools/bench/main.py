@@ -40,7 +40,7 @@ from .arch import arch_main
 from .inprocess import gradient_ratio, op_profile, photo_batch, stage_breakdown
 from .levers import levers
 from .machine import loadavg, run_info
-from .modes import BATCHES, FULL, QUICK, Mode
+from .modes import BATCHES, FULL, QUICK, Mode, add_run_arguments
 from .photos import Photo, load_photos
 from .report import command_line, render, write_between_markers
 from .served import end_to_end
@@ -68,12 +68,7 @@ def in_process(
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer requests and repeats")
-    parser.add_argument("--images", type=Path, help="a folder of photos instead of skimage's")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--no-server", action="store_true", help="in-process part only")
-    parser.add_argument("--no-inprocess", action="store_true", help="end-to-end part only")
+    add_run_arguments(parser, "end-to-end")
     parser.add_argument(
         "--compile",
         dest="compile_",

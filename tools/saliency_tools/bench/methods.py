@@ -56,6 +56,7 @@ from .load import Cell, Contender, rotated, run_slice
 from .machine import loadavg, run_info
 from .maps import MapAgreement, agreement
 from .methods_report import BATCH, CONCURRENCY, Cost, render
+from .modes import add_run_arguments
 from .photos import Photo, batch_rows, load_photos
 from .report import command_line, write_between_markers
 from .serving import MAIN, OURS, batching, clear_openmp, model_server
@@ -316,12 +317,7 @@ def log(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer requests and repeats")
-    parser.add_argument("--images", type=Path, help="a folder of photos instead of skimage's")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--no-server", action="store_true", help="in-process part only")
-    parser.add_argument("--no-inprocess", action="store_true", help="served part only")
+    add_run_arguments(parser, "served")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     mode = QUICK if args.quick else FULL
